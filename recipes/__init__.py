@@ -1,0 +1,1 @@
+"""megadoc_recipes: model recipes, sweeps, the CPU trainer, evaluation and analysis."""
