@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data and tokenizers in ../shared (present on every developer and CI machine)."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is missing (../shared is where the real sample data lives)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dclm_sample() -> Path:
+    """218 real DCLM web documents, JSONL with id and text."""
+    return _shared("data/dclm_sample.jsonl")
+
+
+@pytest.fixture(scope="session")
+def llama3_hf() -> Path:
+    """The paper's Llama 3 tokenizer as an HF folder (tokenizer.json, no post-processor)."""
+    return _shared("tokenizers/llama3/hf")
+
+
+@pytest.fixture(scope="session")
+def llama3_tiktoken() -> Path:
+    """The same vocabulary as a tiktoken BPE file."""
+    return _shared("tokenizers/llama3/meta-llama-3-8B.tiktoken")
