@@ -1,0 +1,59 @@
+"""megadoc split: held-out sets are disjoint from training, deterministic by seed, and refused when impossible."""
+
+import json
+
+import pytest
+
+from megadoc.cli import main
+from megadoc.errors import MegadocError
+from megadoc.split import check_no_leak, load_validation_ids
+
+
+def _split(tmp_path, corpus, tokenizer, name="out", seed=7, long_docs=2, long_min_tokens=1024, iid_docs=20):
+    out = tmp_path / name
+    argv = ["split", "--input", str(corpus), "--output-dir", str(out), "--iid-docs", str(iid_docs),
+            "--long-docs", str(long_docs), "--long-min-tokens", str(long_min_tokens),
+            "--tokenizer-model", str(tokenizer), "--seed", str(seed)]
+    return main(argv), out
+
+
+def _ids(path):
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_split_holds_out_and_never_leaks(tmp_path, dclm_sample, llama3_hf, capsys):
+    code, out = _split(tmp_path, dclm_sample, llama3_hf)
+    assert code == 0, capsys.readouterr().err
+    train, iid, long = (_ids(out / name) for name in ("train.jsonl", "valid_iid.jsonl", "valid_long.jsonl"))
+    validation = load_validation_ids(out)
+    assert (len(iid), len(long), len(train)) == (20, 2, 218 - 22)
+    assert validation == set(iid) | set(long)
+    assert not validation & set(train)
+    check_no_leak(train, validation)
+    with pytest.raises(MegadocError, match=repr(long[0])):
+        check_no_leak(train[:3] + [long[0]], validation, what="stitched shard")
+    summary = json.loads((out / "split.json").read_text())
+    assert summary["long_tokens"] >= 2 * 1024
+
+
+def test_split_is_deterministic_by_seed(tmp_path, dclm_sample, llama3_hf):
+    _, first = _split(tmp_path, dclm_sample, llama3_hf, name="a")
+    _, again = _split(tmp_path, dclm_sample, llama3_hf, name="b")
+    _, other = _split(tmp_path, dclm_sample, llama3_hf, name="c", seed=8)
+    for name in ("train.jsonl", "valid_iid.jsonl", "valid_long.jsonl", "validation_ids.txt"):
+        assert (first / name).read_bytes() == (again / name).read_bytes()
+    assert load_validation_ids(first) != load_validation_ids(other)
+
+
+def test_too_few_long_documents_is_a_clear_error(tmp_path, dclm_sample, llama3_hf, capsys):
+    code, out = _split(tmp_path, dclm_sample, llama3_hf, long_docs=5, long_min_tokens=4096)
+    assert code == 1
+    assert "only 1 documents have >= 4096 tokens, 5 asked" in capsys.readouterr().err
+    assert not (out / "train.jsonl").exists()
+
+
+def test_duplicate_ids_are_refused(tmp_path, llama3_hf, capsys):
+    corpus = tmp_path / "dup.jsonl"
+    corpus.write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\n')
+    code, _ = _split(tmp_path, corpus, llama3_hf, long_docs=0, iid_docs=1)
+    assert code == 1 and "id 'a' already used" in capsys.readouterr().err
