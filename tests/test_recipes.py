@@ -1,0 +1,80 @@
+"""Recipes match the paper's exact parameter counts; sweeps produce the paper's grid and neighbourhoods."""
+
+import pytest
+
+from megadoc_recipes.models import MODELS, ParallelRecipe, TrainingRecipe, gpt_model_kwargs, transformer_config
+from megadoc_recipes.sweep import Run, grid_runs, neighbourhood
+
+PAPER_COUNTS = {"150m": 154_147_328, "300m": 299_649_792, "600m": 602_457_088, "1.5b": 1_540_732_416}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_parameter_counts_match_paper(name):
+    assert MODELS[name].parameter_count(128_256) == PAPER_COUNTS[name]
+
+
+def test_tiny_count_matches_instantiated_gpt_model():
+    pytest.importorskip("megatron.core")
+    from megadoc_recipes import device_shim
+    from megadoc_recipes.cpu_train import build_model, init_distributed
+
+    device_shim.activate()
+    init_distributed(ParallelRecipe())
+    for model in (MODELS["tiny"], MODELS["150m"].__class__("gqa", "gqa", 64, 96, 2, 4, 2, seq_length=32)):
+        recipe = TrainingRecipe(model=model, vocab_size=256)
+        gpt = build_model(recipe)
+        assert sum(p.numel() for p in gpt.parameters()) == model.parameter_count(256)
+
+
+def test_transformer_config_is_llama_style():
+    pytest.importorskip("megatron.core")
+    config = transformer_config(TrainingRecipe(model=MODELS["600m"]))
+    assert (config.hidden_size, config.ffn_hidden_size, config.num_layers) == (1024, 3584, 24)
+    assert (config.num_attention_heads, config.num_query_groups) == (16, 8)
+    assert config.normalization == "RMSNorm" and config.gated_linear_unit and not config.add_bias_linear
+    assert config.bf16
+    kwargs = gpt_model_kwargs(TrainingRecipe(model=MODELS["300m"], parallel=ParallelRecipe(2, 1)))
+    assert kwargs["vocab_size"] == 128_256 and not kwargs["share_embeddings_and_output_weights"]
+    assert kwargs["position_embedding_type"] == "rope" and kwargs["max_sequence_length"] == 4096
+
+
+def test_train_iters_follow_epochs_and_ratio():
+    assert TrainingRecipe(model=MODELS["300m"], real_epochs=16).train_iters == 777 * 16
+    assert TrainingRecipe(model=MODELS["300m"], real_epochs=32, synthetic_ratio=0.9).train_iters == 248_640
+    assert TrainingRecipe(model=MODELS["300m"], real_epochs=8, synthetic_ratio=0.75).train_iters == 24_864
+
+
+def test_run_names_follow_paper():
+    assert Run("300m", 32, 1e-3, 0.4, "stitched32", 0.9).name == \
+        "300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64"
+    assert Run("300m", 16, 3e-3, 1.6).name == "300m4k-203Mx16-real-cos-lr0.0030-wd1.60-bs64"
+    assert Run("300m", 8, 3e-3, 0.8, "simple4", 0.75).name == \
+        "300m4k-203Mx8-real+simple4^0.75-cos-lr0.0030-wd0.80-bs64"
+    with pytest.raises(ValueError):
+        Run("300m", 8, 3e-3, 0.8, "simple4")
+
+
+def test_grid_sizes():
+    assert len(grid_runs("300m", "stitched32")) == 6 * 3 * 3 * 4
+    assert len(grid_runs("300m", None)) == 6 * 3 * 4
+    assert len({r.name for r in grid_runs("300m", "stitched32")}) == 216
+
+
+def test_neighbourhood_interior_has_nine_points():
+    centre = Run("300m", 8, 3e-3, 0.4, "stitched16", 0.75)
+    runs = neighbourhood(centre)
+    assert runs[0] == centre and len(runs) == 9 and len({r.name for r in runs}) == 9
+    assert {r.real_epochs for r in runs} == {4, 8, 16}
+    assert {r.synthetic_ratio for r in runs} == {0.5, 0.75, 0.9}
+    assert {r.lr for r in runs} == {1e-3, 3e-3, 1e-2}
+    assert {r.weight_decay for r in runs} == {0.1, 0.4, 0.8}
+    # each neighbour differs from the centre in exactly one field
+    fields = ("real_epochs", "synthetic_ratio", "lr", "weight_decay")
+    assert all(sum(getattr(r, f) != getattr(centre, f) for f in fields) == 1 for r in runs[1:])
+
+
+def test_neighbourhood_at_grid_edges():
+    assert len(neighbourhood(Run("300m", 32, 1e-3, 0.4, "stitched32", 0.9))) == 6  # E, r, lr at an edge
+    assert len(neighbourhood(Run("300m", 16, 3e-3, 1.6))) == 6  # real only: no r axis; wd at the top
+    with pytest.raises(ValueError):
+        neighbourhood(Run("300m", 3, 3e-3, 0.4))
