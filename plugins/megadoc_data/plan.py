@@ -1,0 +1,230 @@
+"""`megadoc blend`: the mixing-and-epoching arithmetic of the paper, as a table, JSON, or Megatron-LM flags.
+
+The paper's code (train.py) trains for floor(base_steps * E / (1 - r)) steps, with the real stream capped at
+base_steps global batches per pass and mixture weights (1 - r, r). Here the counts are made exact: of the
+N = train_iters * global_batch_size training sequences, round(r * N) are synthetic (r to one sequence) and the
+rest are real, i.e. exactly E passes over the real stream whenever base_steps * E / (1 - r) is a whole number (every
+point of the paper's grid). The arithmetic uses exact fractions of the decimal r and E, so 777 * 32 / 0.1 is
+248,640, not one less.
+"""
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+from megadoc.atomic import atomic_write
+from megadoc.errors import MegadocError
+from megadoc_data.config import MegadocBlendConfig
+from megadoc_data.sources import Source, check_same_dtype, read_source
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What training draws from one stream."""
+
+    prefix: str
+    sequences: int  # training sequences drawn from it
+    tokens: int  # sequences * seq_length
+    pass_sequences: int | None  # sequences in one pass (real: base_steps * global_batch_size); None: unknown
+    epochs: float | None  # sequences / pass_sequences
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole run: steps, totals, and each stream's share."""
+
+    train_iters: int
+    global_batch_size: int
+    seq_length: int
+    base_steps: int
+    real_epochs: float
+    synthetic_fraction: float
+    total_sequences: int
+    total_tokens: int
+    real: StreamPlan
+    synthetic: list[StreamPlan]
+
+    @property
+    def synthetic_sequences(self) -> int:
+        return sum(stream.sequences for stream in self.synthetic)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["synthetic_sequences"] = self.synthetic_sequences
+        data["synthetic_tokens"] = self.synthetic_sequences * self.seq_length
+        return data
+
+
+def train_iters(base_steps: int, real_epochs: float, synthetic_fraction: float) -> int:
+    """floor(base_steps * E / (1 - r)), computed exactly on the decimal values given."""
+    epochs, fraction = Fraction(str(real_epochs)), Fraction(str(synthetic_fraction))
+    return math.floor(base_steps * epochs / (1 - fraction))
+
+
+def apportion(total: int, weights: list[float]) -> list[int]:
+    """Split `total` into integers proportional to `weights` (largest remainder): they sum to `total` exactly."""
+    exact = [Fraction(str(w)) / sum(Fraction(str(v)) for v in weights) * total for w in weights]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def make_plan(config: MegadocBlendConfig, real_pass_sequences: int | None = None,
+              synthetic_pass_sequences: list[int | None] | None = None) -> Plan:
+    """The exact sample counts of every stream; pure arithmetic (pass sizes only fill in the epoch columns)."""
+    gbs, length = config.global_batch_size, config.seq_length
+    base = config.base_steps
+    if base is None:
+        if real_pass_sequences is None:
+            raise MegadocError("base_steps: unknown without the real dataset; pass --base-steps")
+        base = real_pass_sequences // gbs
+        if base == 0:
+            raise MegadocError(f"{config.real_prefix}: {real_pass_sequences} sequences of {length} tokens, fewer than "
+                               f"one global batch of {gbs}")
+    if real_pass_sequences is not None and base * gbs > real_pass_sequences:
+        raise MegadocError(f"base_steps: {base} x {gbs} sequences exceed one pass over {config.real_prefix} "
+                           f"({real_pass_sequences} sequences of {length} tokens)")
+    iters = train_iters(base, config.real_epochs, config.synthetic_fraction)
+    total = iters * gbs
+    synthetic_total = math.floor(Fraction(str(config.synthetic_fraction)) * total + Fraction(1, 2))
+    synthetic_counts = apportion(synthetic_total, config.synthetic_weights) if config.synthetic_prefixes else []
+    for prefix, count in zip(config.synthetic_prefixes, synthetic_counts):
+        if count == 0:
+            raise MegadocError(f"synthetic_weights: {prefix} gets no sequence out of {synthetic_total}")
+    passes = synthetic_pass_sequences or [None] * len(synthetic_counts)
+    return Plan(
+        train_iters=iters, global_batch_size=gbs, seq_length=length, base_steps=base,
+        real_epochs=config.real_epochs, synthetic_fraction=config.synthetic_fraction,
+        total_sequences=total, total_tokens=total * length,
+        real=_stream(config.real_prefix, total - synthetic_total, base * gbs, length),
+        synthetic=[_stream(p, n, s, length) for p, n, s in zip(config.synthetic_prefixes, synthetic_counts, passes)],
+    )
+
+
+def _stream(prefix: str, sequences: int, pass_sequences: int | None, seq_length: int) -> StreamPlan:
+    epochs = sequences / pass_sequences if pass_sequences else None
+    return StreamPlan(prefix, sequences, sequences * seq_length, pass_sequences, epochs)
+
+
+def read_sources(config: MegadocBlendConfig) -> tuple[Source, list[Source]]:
+    """Every training and validation source's header, checked to exist, share a dtype, and reach seq_length."""
+    real = read_source(config.real_prefix)
+    synthetic = [read_source(p) for p in config.synthetic_prefixes]
+    valid = [read_source(p) for p in config.valid_prefixes + config.long_valid_prefixes]
+    check_same_dtype([real] + synthetic + valid)
+    for source in [real] + synthetic + valid:
+        if source.samples_per_pass(config.seq_length) == 0:
+            raise MegadocError(f"{source.prefix}: {source.tokens} tokens, not one sequence of "
+                               f"--seq-length {config.seq_length}")
+    for prefix in config.long_valid_prefixes:
+        longest = int(read_source(prefix).sequence_lengths.max(initial=0))
+        if longest < config.seq_length:
+            raise MegadocError(f"{prefix}: no document reaches --seq-length {config.seq_length} "
+                               f"(longest {longest}), so it measures no long-context loss")
+    return real, synthetic
+
+
+def plan_from_data(config: MegadocBlendConfig) -> Plan:
+    """The plan, with one-pass sizes read from the .idx headers (and every bad-plan check run first)."""
+    real, synthetic = read_sources(config)
+    length = config.seq_length
+    return make_plan(config, real.samples_per_pass(length), [s.samples_per_pass(length) for s in synthetic])
+
+
+def format_table(plan: Plan) -> str:
+    """The paper's budget table: steps, total and synthetic tokens, epochs over each stream."""
+    lines = [f"train_iters {plan.train_iters:,} = floor({plan.base_steps} x {plan.real_epochs:g} / "
+             f"(1 - {plan.synthetic_fraction:g})), {plan.global_batch_size} x {plan.seq_length} tokens per step",
+             f"total      {plan.total_sequences:>14,} sequences {plan.total_tokens:>18,} tokens",
+             f"synthetic  {plan.synthetic_sequences:>14,} sequences "
+             f"{plan.synthetic_sequences * plan.seq_length:>18,} tokens "
+             f"({plan.synthetic_sequences / plan.total_sequences:.6f} of all)",
+             "", f"{'stream':<40} {'sequences':>14} {'tokens':>18} {'pass (seqs)':>12} {'epochs':>8}"]
+    for stream in [plan.real] + plan.synthetic:
+        pass_ = f"{stream.pass_sequences:,}" if stream.pass_sequences else "?"
+        epochs = f"{stream.epochs:.3f}" if stream.epochs is not None else "?"
+        lines.append(f"{stream.prefix:<40} {stream.sequences:>14,} {stream.tokens:>18,} {pass_:>12} {epochs:>8}")
+    return "\n".join(lines)
+
+
+def megatron_lm_flags(plan: Plan, config: MegadocBlendConfig) -> str:
+    """The closest plain Megatron-LM command line: weights (1 - r, r * w_i); its blend is approximate (0.5%
+    surplus, real stream not capped at base_steps batches), so this plugin's provider is the exact one."""
+    pairs = [(plan.real.sequences, config.real_prefix)] + [(s.sequences, s.prefix) for s in plan.synthetic]
+    blend = " ".join(f"{count / plan.total_sequences:.10g} {prefix}" for count, prefix in pairs)
+    flags = [f"--train-data-path {blend}"]
+    if config.valid_prefixes or config.long_valid_prefixes:
+        flags.append("--valid-data-path " + " ".join(config.valid_prefixes + config.long_valid_prefixes))
+    flags += [f"--train-iters {plan.train_iters}", f"--global-batch-size {plan.global_batch_size}",
+              f"--seq-length {plan.seq_length}", f"--seed {config.seed}"]
+    return " ".join(flags)
+
+
+def add_config_arguments(parser) -> None:
+    """The blend flags, shared by `megadoc blend` and the Megatron-LM provider."""
+    group = parser.add_argument_group("megadoc blend")
+    group.add_argument("--real-path", required=True, help="real training dataset prefix (P.bin / P.idx)")
+    group.add_argument("--synthetic-path", nargs="+", default=[],
+                       help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2' (weights sum to 1)")
+    group.add_argument("--real-epochs", type=float, default=1.0, help="E: passes over the real stream")
+    group.add_argument("--synthetic-fraction", type=float, default=0.0, help="r: synthetic share of sequences")
+    group.add_argument("--seq-length", type=int, default=4096)
+    group.add_argument("--global-batch-size", type=int, default=64)
+    group.add_argument("--base-steps", type=int, default=None,
+                       help="global batches per real pass (default: one full pass over the real tokens)")
+    group.add_argument("--seed", type=int, default=1234)
+    group.add_argument("--valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
+    group.add_argument("--long-valid-path", nargs="*", default=[], help="long-document validation prefixes")
+    group.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
+
+
+def parse_weighted(values: list[str]) -> tuple[list[str], list[float] | None]:
+    """'p1 p2' or 'w1 p1 w2 p2' (Megatron-LM's --data-path form) -> prefixes, weights."""
+    def is_number(text):
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+
+    if not values or not is_number(values[0]):
+        return list(values), None
+    if len(values) % 2 or not all(is_number(w) for w in values[::2]):
+        raise MegadocError(f"--synthetic-path: {' '.join(values)!r} is not 'weight prefix' pairs")
+    return list(values[1::2]), [float(w) for w in values[::2]]
+
+
+def config_from_args(args) -> MegadocBlendConfig:
+    prefixes, weights = parse_weighted(args.synthetic_path)
+    return MegadocBlendConfig(
+        real_prefix=args.real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
+        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, seq_length=args.seq_length,
+        global_batch_size=args.global_batch_size, base_steps=args.base_steps, seed=args.seed,
+        valid_prefixes=args.valid_path, long_valid_prefixes=args.long_valid_path, path_to_cache=args.data_cache_path)
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--emit", choices=("table", "megatron-lm"), default="table",
+                        help="print the budget table, or the equivalent Megatron-LM flags")
+    parser.add_argument("--output", default=None, help="also write the plan as JSON here")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    plan = plan_from_data(config)
+    if args.output:
+        with atomic_write(args.output, "w") as handle:
+            json.dump(plan.to_json(), handle, indent=2)
+    if args.emit == "megatron-lm":
+        print(megatron_lm_flags(plan, config))
+        print("# Megatron-LM's own blend adds a 0.5% surplus per dataset and samples the real stream over full "
+              "passes; use megadoc_data's provider for exact counts.", file=sys.stderr)
+    else:
+        print(format_table(plan))
+    return 0
