@@ -129,8 +129,8 @@ def test_bad_plans_on_data(prefixes, tmp_path, capsys):
     wide = write_dataset(tmp_path / "wide", [300] * 10, dtype=numpy.int32)
     assert "different vocabularies" in cli_error(base[:3] + [wide] + base[4:], capsys)
     assert "not one sequence of --seq-length 100000" in cli_error(base[:-3] + ["100000"] + base[-2:], capsys)
-    assert "no document reaches --seq-length 400" in cli_error(
-        base[:-3] + ["400"] + base[-2:] + ["--long-valid-path", syn], capsys)
+    assert "no document reaches --seq-length 600" in cli_error(
+        base[:-3] + ["600"] + base[-2:] + ["--long-valid-path", syn], capsys)
     assert "exceed one pass" in cli_error(base + ["--base-steps", "1000"], capsys)
     assert "outside [0, 1)" in cli_error(base[:5] + ["1.5"] + base[6:], capsys)
     assert "not 1" in cli_error(["--real-path", real, "--synthetic-path", "0.6", syn, "0.6", syn], capsys)
