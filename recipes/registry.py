@@ -1,0 +1,126 @@
+"""The runs registry: one CSV row per launched run, with its plan, recipe and evaluation results.
+
+`megadoc efficiency` and `megadoc report` read it; a launcher calls `record_run` when a run starts and again when
+its evaluation lands (rows are keyed by run name, so the second call updates the first). CSV rather than Parquet so
+a person can read and fix it by hand; it is small (one row per run). Rewrites go through a temp file and a rename.
+"""
+
+import csv
+import io
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from megadoc.atomic import atomic_write
+from megadoc.errors import MegadocError
+
+REAL_ONLY = "real"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run: what it trained on, with which hyperparameters, and what it scored."""
+
+    run: str
+    """Unique run name (the registry key)."""
+    method: str
+    """Synthetic stream kind: `real` (real-only baseline), `simple`, `stitched`, `stretched`, ..."""
+    G: int
+    """Synthetic generations per real document (0 for real-only)."""
+    real_tokens: int
+    """Unique real training tokens (D); the x axis of the real-only data-scaling law."""
+    E: float
+    """Epochs over the real stream."""
+    r: float | None
+    """Mixing ratio: fraction of training tokens from the synthetic stream (empty for real-only)."""
+    lr: float
+    """Peak learning rate."""
+    wd: float
+    """Weight decay."""
+    seq_length: int | None = None
+    """Training context length."""
+    plan: str = ""
+    """Path of the blend plan JSON (`megadoc blend`)."""
+    recipe: str = ""
+    """Model recipe name or path."""
+    iid_loss: float | None = None
+    """Token-weighted mean cross-entropy on the i.i.d. validation set."""
+    long_loss: float | None = None
+    """Mean cross-entropy on the long-document validation set."""
+    short_loss: float | None = None
+    """Mean cross-entropy on short validation documents."""
+    loss_by_position: str = ""
+    """Path of the loss-by-position JSON (`megadoc_recipes.metrics.PositionCurve`)."""
+
+
+COLUMNS = [field.name for field in fields(RunRecord)]
+_TYPES = {field.name: field.type for field in fields(RunRecord)}
+
+
+def _parse(name: str, text: str, where: str):
+    kind = _TYPES[name]
+    if kind is str:
+        return text
+    if text == "":
+        if kind in (int, float):
+            raise MegadocError(f"{where}: column {name!r} is empty")
+        return None
+    integer = kind in (int, int | None)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or (integer and not value.is_integer()):
+        raise MegadocError(f"{where}: column {name!r} is {text!r}, not {'an integer' if integer else 'a number'}")
+    return int(value) if integer else value
+
+
+def read_registry(path: str | os.PathLike) -> list[RunRecord]:
+    """Every run of a registry CSV, checked column by column."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise MegadocError(f"{path}: cannot read the registry ({error.strerror or error})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [name for name in COLUMNS[:8] if name not in (reader.fieldnames or [])]
+    if missing:
+        raise MegadocError(f"{path}: registry lacks column(s) {', '.join(missing)}")
+    runs = []
+    for line, row in enumerate(reader, start=2):
+        where = f"{path}:{line}"
+        values = {name: _parse(name, (row.get(name) or "").strip(), where) for name in COLUMNS}
+        runs.append(RunRecord(**values))
+    return runs
+
+
+def _format(value) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def write_registry(path: str | os.PathLike, runs: list[RunRecord]) -> None:
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for run in runs:
+            writer.writerow([_format(getattr(run, name)) for name in COLUMNS])
+
+
+def record_run(path: str | os.PathLike, run: RunRecord) -> None:
+    """Add `run` (at launch), or replace the row of the same name."""
+    runs = [existing for existing in _read_if_any(path) if existing.run != run.run]
+    write_registry(path, runs + [run])
+
+
+def update_run(path: str | os.PathLike, name: str, **results) -> RunRecord:
+    """Set fields (e.g. iid_loss=..., loss_by_position=...) of a recorded run, once its evaluation lands."""
+    runs = _read_if_any(path)
+    index = next((i for i, run in enumerate(runs) if run.run == name), None)
+    if index is None:
+        raise MegadocError(f"{path}: no run named {name!r} in the registry")
+    runs[index] = replace(runs[index], **results)
+    write_registry(path, runs)
+    return runs[index]
+
+
+def _read_if_any(path: str | os.PathLike) -> list[RunRecord]:
+    return read_registry(path) if Path(path).exists() else []

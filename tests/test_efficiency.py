@@ -1,0 +1,104 @@
+"""Power-law fits, inversion, data efficiency against PAPER.md §6's table, and the convex-tuning certificate."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from megadoc.cli import main
+from megadoc.errors import MegadocError
+from megadoc_recipes.efficiency import PowerLaw, anchored_law, certify, data_efficiency, fit_power_law
+from megadoc_recipes.registry import RunRecord, record_run
+
+D_REAL = 203.7e6
+L_BASE = 3.5544  # the paper's 300M real-only loss
+
+
+def test_fit_recovers_a_known_law():
+    law = PowerLaw(A=250.0, alpha=0.235, C=1.93)
+    tokens = np.array([0.2e9, 0.4e9, 0.8e9, 1.6e9, 3.2e9])
+    fit = fit_power_law(tokens, law(tokens))
+    assert fit.alpha == pytest.approx(0.235, rel=1e-3)
+    assert fit.C == pytest.approx(1.93, rel=1e-3)
+    assert fit.A == pytest.approx(250.0, rel=1e-2)
+
+
+def test_fit_recovers_the_ensemble_asymptote_from_noisy_points():
+    law = PowerLaw(A=0.07, alpha=0.9, C=3.18)  # Stitched (32) ensembles, N in billions (PAPER.md §4c)
+    params = 0.3 * np.arange(1, 6)
+    noise = np.array([0.001, -0.001, 0.0005, -0.0005, 0.0])
+    assert fit_power_law(params, law(params) + noise).C == pytest.approx(3.18, abs=0.02)
+
+
+def test_fit_refuses_too_few_points_and_a_law_that_does_not_fit():
+    with pytest.raises(MegadocError, match=">= 4 distinct"):
+        fit_power_law([1, 2, 4], [3.0, 2.5, 2.2])
+    with pytest.raises(MegadocError, match="do not follow"):
+        fit_power_law([1, 2, 4, 8, 16], [3.0, 3.5, 2.9, 3.6, 3.0])  # loss that rises and falls
+
+
+def test_inversion_round_trips_and_refuses_the_asymptote():
+    law = PowerLaw(A=250.0, alpha=0.235, C=1.93)
+    for tokens in (1e8, 2e8, 5e9):
+        assert law.invert(float(law(tokens))) == pytest.approx(tokens, rel=1e-9)
+    with pytest.raises(MegadocError, match="asymptote"):
+        law.invert(1.93)
+
+
+@pytest.mark.parametrize("loss, expected", [(3.46, 1.29), (3.43, 1.40), (3.41, 1.49), (3.38, 1.62), (3.345, 1.80)])
+def test_data_efficiency_matches_the_papers_conversion_table(loss, expected):
+    law = anchored_law(alpha=0.235, asymptote=1.93, tokens=D_REAL, loss=L_BASE)
+    assert data_efficiency(law, loss, D_REAL) == pytest.approx(expected, abs=0.006)
+    assert data_efficiency(law, L_BASE, D_REAL) == pytest.approx(1.0)
+
+
+def _run(name, E, r, lr, wd, loss, method="simple", G=32):
+    return RunRecord(run=name, method=method, G=G, real_tokens=int(D_REAL), E=E, r=r, lr=lr, wd=wd, iid_loss=loss)
+
+
+def test_certificate_on_an_interior_optimum():
+    best = _run("best", 16, 0.75, 3e-3, 0.4, 3.410)
+    neighbours = [_run("e8", 8, 0.75, 3e-3, 0.4, 3.422), _run("e32", 32, 0.75, 3e-3, 0.4, 3.423),
+                  _run("r5", 16, 0.5, 3e-3, 0.4, 3.43), _run("r9", 16, 0.9, 3e-3, 0.4, 3.44),
+                  _run("lr1", 16, 0.75, 1e-3, 0.4, 3.42), _run("lr10", 16, 0.75, 1e-2, 0.4, 3.45),
+                  _run("wd1", 16, 0.75, 3e-3, 0.1, 3.43)]
+    pending = _run("wd8", 16, 0.75, 3e-3, 0.8, None)
+    partial = certify([best, *neighbours], best, "iid_loss")
+    assert not partial.certified and partial.to_run == [{"E": 16, "r": 0.75, "lr": 3e-3, "wd": 0.8}]
+    waiting = certify([best, *neighbours, pending], best, "iid_loss")
+    assert not waiting.certified and waiting.to_run == []
+    done = certify([best, *neighbours, _run("wd8", 16, 0.75, 3e-3, 0.8, 3.415)], best, "iid_loss")
+    assert done.certified and len(done.neighbours) == 8 and done.edges == []
+
+
+def test_certificate_at_the_grid_edge_and_off_grid():
+    best = _run("edge", 32, 0.9, 1e-3, 0.4, 3.384)
+    certificate = certify([best], best, "iid_loss")
+    assert sorted(certificate.edges) == ["E", "lr", "r"]
+    assert len(certificate.to_run) == 5  # E 16, r 0.75, lr 3e-3, wd 0.1 and 0.8
+    real = RunRecord(run="real", method="real", G=0, real_tokens=int(D_REAL), E=16, r=None, lr=3e-3, wd=1.6,
+                     iid_loss=3.5544)
+    assert {tuple(n) for n in certify([real], real, "iid_loss").to_run} == {("E", "lr", "wd")}
+    with pytest.raises(MegadocError, match="E = 3"):
+        certify([best], _run("odd", 3, 0.9, 1e-3, 0.4, 3.4), "iid_loss")
+
+
+def test_efficiency_command_writes_table_plot_and_to_run(tmp_path, capsys):
+    registry = tmp_path / "runs.csv"
+    record_run(registry, RunRecord(run="real", method="real", G=0, real_tokens=int(D_REAL), E=16, r=None, lr=3e-3,
+                                   wd=1.6, iid_loss=L_BASE))
+    for G, loss in ((2, 3.462), (32, 3.410)):
+        record_run(registry, _run(f"s{G}", 16, 0.75, 3e-3, 0.4, loss, G=G))
+    record_run(registry, _run("b32", 32, 0.9, 1e-3, 0.4, 3.345, method="stitched"))
+    out = tmp_path / "eff"
+    code = main(["efficiency", "--registry", str(registry), "--output-dir", str(out),
+                 "--alpha", "0.235", "--asymptote", "1.93"])
+    assert code == 0, capsys.readouterr().err
+    rows = {(row["method"], row["G"]): row for row in csv.DictReader((out / "efficiency.csv").open())}
+    assert float(rows["simple", "32"]["data_efficiency"]) == pytest.approx(1.49, abs=0.006)
+    assert float(rows["stitched", "32"]["data_efficiency"]) == pytest.approx(1.80, abs=0.006)
+    assert rows["stitched", "32"]["certified"] == "False"
+    assert (out / "efficiency.png").stat().st_size > 0 and "locally optimal" in (out / "efficiency.md").read_text()
+    assert {"stitched", "simple", "real"} == {row["method"] for row in csv.DictReader((out / "to_run.csv").open())}
+    assert main(["efficiency", "--registry", str(registry), "--output-dir", str(out)]) == 1
+    assert "needs 4, or pass --alpha and --asymptote" in capsys.readouterr().err
