@@ -133,4 +133,4 @@ def test_bad_plans_on_data(prefixes, tmp_path, capsys):
         base[:-3] + ["600"] + base[-2:] + ["--long-valid-path", syn], capsys)
     assert "exceed one pass" in cli_error(base + ["--base-steps", "1000"], capsys)
     assert "outside [0, 1)" in cli_error(base[:5] + ["1.5"] + base[6:], capsys)
-    assert "not 1" in cli_error(["--real-path", real, "--synthetic-path", "0.6", syn, "0.6", syn], capsys)
+    assert "not 1" in cli_error(["--real-path", real, "--synthetic-path", "0.6", syn, "0.6", syn, "--synthetic-fraction", "0.5"], capsys)
