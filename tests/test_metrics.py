@@ -1,0 +1,52 @@
+"""Loss aggregation on hand-made arrays: token weighting, masking, buckets, means beyond k, JSON round trip."""
+
+import numpy as np
+import pytest
+
+from megadoc.errors import MegadocError
+from megadoc_recipes.metrics import LossAccumulator, load_curve, save_curve
+
+
+def test_token_weighted_mean_and_buckets():
+    acc = LossAccumulator(seq_length=4)
+    acc.add([[4.0, 3.0, 2.0, 1.0]], [[0, 1, 2, 3]])
+    acc.add([[4.0, 2.0, 9.0]], [[0, 1, 2]], mask=[[1, 1, 0]])  # a short window; its last token is padding
+    assert acc.tokens == 6
+    assert acc.mean() == pytest.approx(16.0 / 6)  # per token, not per window
+    curve = acc.curve(bucket_size=2, beyond=(2, 3))
+    assert curve.bucket_starts == [0, 2]
+    assert curve.tokens == [4, 2]
+    assert curve.loss == pytest.approx([13.0 / 4, 1.5])
+    assert curve.mean_beyond == pytest.approx({2: 1.5, 3: 1.0})
+
+
+def test_batches_in_any_order_give_the_same_curve():
+    rng = np.random.default_rng(0)
+    losses, positions = rng.random((6, 8)), np.tile(np.arange(8), (6, 1))
+    whole, parts = LossAccumulator(8), LossAccumulator(8)
+    whole.add(losses, positions)
+    for index in (3, 0, 5, 1, 4, 2):
+        parts.add(losses[index], positions[index])
+    assert parts.curve(3).loss == pytest.approx(whole.curve(3).loss)
+    assert whole.curve(3).tokens == [18, 18, 12]  # the last bucket is short
+
+
+def test_empty_buckets_and_bad_input():
+    acc = LossAccumulator(4)
+    acc.add([1.0], [0])
+    curve = acc.curve(2, beyond=(2,))
+    assert curve.loss == [1.0, None] and curve.mean_beyond == {2: None}
+    with pytest.raises(MegadocError, match="outside 0..3"):
+        acc.add([1.0], [4])
+    with pytest.raises(MegadocError, match="differ in size"):
+        acc.add([1.0, 2.0], [0])
+    with pytest.raises(MegadocError, match="no token"):
+        LossAccumulator(4).mean()
+
+
+def test_curve_json_round_trips(tmp_path):
+    acc = LossAccumulator(8)
+    acc.add(np.linspace(3, 2, 8), np.arange(8))
+    curve = acc.curve(4, beyond=(4,))
+    save_curve(curve, tmp_path / "curve.json")
+    assert load_curve(tmp_path / "curve.json") == curve
