@@ -1,0 +1,135 @@
+"""Megatron-Core's indexed dataset format (.bin/.idx), written resumably.
+
+The layout is Megatron-Core's `IndexedDatasetBuilder` + `_IndexWriter` (megatron/core/datasets/indexed_dataset.py):
+.bin is the token ids back to back; .idx is a header, the sequence lengths (int32), the byte pointer of each
+sequence (int64) and the document indices (int64, starting at 0). Written byte for byte the same, so a
+`megadoc tokenize` output is interchangeable with Megatron-LM's `tools/preprocess_data.py`'s.
+
+Until `finalize`, everything lives under temporary names: the token data in `<prefix>.bin.tmp`, the index arrays
+in two append-only sidecars, and a small state file committed (fsync + rename) at each checkpoint. A killed run
+leaves only those; the next run truncates them to the last checkpoint and carries on.
+"""
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from megadoc.atomic import atomic_write, tmp_path
+
+INDEX_HEADER = b"MMIDIDX\x00\x00"
+INDEX_VERSION = 1
+DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
+
+
+def optimal_dtype(vocab_size: int) -> np.dtype:
+    """Megatron-LM's rule (`DType.optimal_dtype`): uint16 below 65,500 ids, else int32."""
+    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+
+
+def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray,
+                document_indices: np.ndarray) -> None:
+    """The .idx file for these sequences (document_indices includes the leading 0), atomically."""
+    lengths = np.asarray(sequence_lengths, dtype=np.int32)
+    pointers = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
+    with atomic_write(path) as out:
+        out.write(INDEX_HEADER)
+        out.write(struct.pack("<Q", INDEX_VERSION))
+        out.write(struct.pack("<B", DTYPE_CODES[dtype]))
+        out.write(struct.pack("<Q", len(lengths)))
+        out.write(struct.pack("<Q", len(document_indices)))
+        out.write(lengths.tobytes(order="C"))
+        out.write(pointers.tobytes(order="C"))
+        out.write(np.asarray(document_indices, dtype=np.int64).tobytes(order="C"))
+
+
+@dataclass
+class WriterState:
+    """What a checkpoint records: enough to truncate the temporaries back to it and skip the input read so far."""
+
+    fingerprint: str  # hash of inputs + flags: a state from a different command is never resumed
+    records_done: int = 0
+    bin_bytes: int = 0
+    sequences: int = 0
+    documents: int = 1  # document_indices entries, the leading 0 included
+    empty_documents: int = 0
+    tokens: int = 0
+
+
+class ResumableIndexedWriter:
+    """Appends documents to a Megatron indexed dataset under temporary names; `finalize` publishes it."""
+
+    def __init__(self, prefix: str, dtype: np.dtype, fingerprint: str):
+        self.prefix, self.dtype = prefix, np.dtype(dtype)
+        self.bin_path, self.idx_path = Path(prefix + ".bin"), Path(prefix + ".idx")
+        self.tmp_bin = tmp_path(self.bin_path)
+        self.lengths_path = Path(prefix + ".lengths.tmp")
+        self.documents_path = Path(prefix + ".documents.tmp")
+        self.state_path = Path(prefix + ".tokenize-state.json")
+        self.state = self._restore(fingerprint)
+        self._bin = open(self.tmp_bin, "r+b" if self.tmp_bin.exists() else "w+b")
+        self._lengths = open(self.lengths_path, "r+b" if self.lengths_path.exists() else "w+b")
+        self._documents = open(self.documents_path, "r+b" if self.documents_path.exists() else "w+b")
+        self._truncate_to_state()
+
+    def _restore(self, fingerprint: str) -> WriterState:
+        if self.state_path.exists() and self.tmp_bin.exists():  # no .bin.tmp: killed while publishing
+            saved = WriterState(**json.loads(self.state_path.read_text()))
+            if saved.fingerprint == fingerprint:
+                return saved
+        self.discard()
+        return WriterState(fingerprint=fingerprint)
+
+    def _truncate_to_state(self) -> None:
+        state = self.state
+        for handle, size in ((self._bin, state.bin_bytes), (self._lengths, state.sequences * 4),
+                             (self._documents, (state.documents - 1) * 8)):
+            handle.truncate(size)
+            handle.seek(size)
+
+    def add_batch(self, tokens: np.ndarray, lengths: np.ndarray, sequences_per_document: list[int]) -> None:
+        """Append documents: `tokens` holds the sequences back to back; document k owns the next
+        sequences_per_document[k] sequences (0 for an empty document, as Megatron-LM records one)."""
+        state = self.state
+        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self._lengths.write(np.asarray(lengths, dtype=np.int32).tobytes())
+        ends = state.sequences + np.cumsum(np.asarray(sequences_per_document, dtype=np.int64))
+        self._documents.write(ends.tobytes())
+        state.sequences += len(lengths)
+        state.documents += len(sequences_per_document)
+        state.empty_documents += sequences_per_document.count(0)
+        state.tokens += len(tokens)
+        state.bin_bytes = state.tokens * self.dtype.itemsize
+        state.records_done += len(sequences_per_document)
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable, then record it: a kill after this resumes from here."""
+        for handle in (self._bin, self._lengths, self._documents):
+            handle.flush()
+            os.fsync(handle.fileno())
+        with atomic_write(self.state_path, "w") as out:
+            json.dump(asdict(self.state), out)
+
+    def finalize(self) -> None:
+        """Publish: .bin.tmp -> .bin, then the .idx (atomically); remove every temporary."""
+        for handle in (self._bin, self._lengths, self._documents):
+            handle.flush()
+        lengths = np.fromfile(self.lengths_path, dtype=np.int32)
+        documents = np.concatenate([[0], np.fromfile(self.documents_path, dtype=np.int64)])
+        self.close()
+        os.replace(self.tmp_bin, self.bin_path)
+        write_index(self.idx_path, self.dtype, lengths, documents)  # the .idx appears last, complete
+        self.discard()
+
+    def close(self) -> None:
+        for handle in (self._bin, self._lengths, self._documents):
+            handle.close()
+
+    def discard(self) -> None:
+        """Remove every temporary (not the published files)."""
+        for path in (self.tmp_bin, self.lengths_path, self.documents_path, self.state_path):
+            path.unlink(missing_ok=True)
