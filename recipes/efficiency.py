@@ -264,6 +264,14 @@ def _markdown(law: PowerLaw, rows: list[dict], certificates: list[Certificate], 
     return "\n".join(lines) + "\n"
 
 
+def g_axis(axes, values) -> None:
+    """A log2 G axis labelled with the G values themselves (2, 4, ... rather than 2^1, 2^2, ...)."""
+    axes.set_xscale("log", base=2)
+    ticks = sorted(set(values))
+    axes.set_xticks(ticks, labels=[str(tick) for tick in ticks])
+    axes.minorticks_off()
+
+
 def plot_efficiency(rows: list[dict], path: Path) -> None:
     """Data efficiency vs G, one line per synthetic method, with the real-only level (1x)."""
     import matplotlib
@@ -276,7 +284,7 @@ def plot_efficiency(rows: list[dict], path: Path) -> None:
         points = sorted((row["G"], row["data_efficiency"]) for row in rows if row["method"] == method)
         axes.plot(*zip(*points), marker="o", label=method)
     axes.axhline(1.0, color="grey", linestyle="--", label="real only")
-    axes.set_xscale("log", base=2)
+    g_axis(axes, [row["G"] for row in rows if row["method"] != REAL_ONLY])
     axes.set(xlabel="generations per document G", ylabel="data efficiency (x)")
     axes.legend()
     figure.tight_layout()

@@ -50,7 +50,7 @@ class RunRecord:
     short_loss: float | None = None
     """Mean cross-entropy on short validation documents."""
     loss_by_position: str = ""
-    """Path of the loss-by-position JSON (`megadoc_recipes.metrics.PositionCurve`)."""
+    """Path of the loss-by-position JSON (`megadoc_recipes.metrics.save_curve`), relative to the registry's folder."""
 
 
 COLUMNS = [field.name for field in fields(RunRecord)]
