@@ -1,0 +1,139 @@
+"""megadoc assemble: simple / stitched / stretched streams from real DCLM documents and hand-written shards."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from megadoc.cli import main
+from megadoc.generations import COLUMNS
+from megadoc_data.sources import read_source
+
+G = 3
+
+
+def write_shard(directory: Path, rows: list[dict]) -> str:
+    """One committed chunk in the documented layout, every column present."""
+    path = directory / "shard-00000-of-00001" / "chunk-00000.parquet"
+    path.parent.mkdir(parents=True)
+    full = [{column: row.get(column) for column in COLUMNS} for row in rows]
+    pq.write_table(pa.Table.from_pylist(full), path)
+    return str(directory)
+
+
+@pytest.fixture
+def corpus(tmp_path, dclm_sample):
+    """Six real documents (ids kept)."""
+    lines = Path(dclm_sample).read_text().splitlines()[:6]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path), [json.loads(line) for line in lines]
+
+
+def _generation(doc, kind, index, text, offset=None):
+    return {"doc_id": str(doc["id"]), "kind": kind, "index": index, "text": text, "split_offset": offset,
+            "finish_reason": "stop", "model": "test", "params_hash": "h", "truncated": False}
+
+
+@pytest.fixture
+def generations(tmp_path, corpus):
+    """G rephrases and G rationales per document; rationales written out of order, at word boundaries."""
+    rows = []
+    for doc in corpus[1]:
+        words = doc["text"].split(" ")
+        for i in range(G):
+            rows.append(_generation(doc, "rephrase", i, f"Rephrase {i}: " + " ".join(words[i::G][:80])))
+        offsets = sorted({len(" ".join(words[: len(words) * (k + 1) // (G + 1)])) for k in range(G)})
+        for i, offset in reversed(list(enumerate(offsets))):
+            rows.append(_generation(doc, "rationale", i, f"Thought {i} about what follows.", offset))
+    return write_shard(tmp_path / "gen", rows)
+
+
+def assemble(tmp_path, corpus, generations, method, name, *extra):
+    output = tmp_path / f"{name}.jsonl"
+    argv = ["assemble", "--method", method, "--input", corpus[0], "--generations", generations,
+            "--output", str(output), *extra]
+    assert main(argv) == 0
+    return [orjson.loads(line) for line in output.read_bytes().splitlines()], output
+
+
+def test_stretched_round_trips_to_the_original(tmp_path, corpus, generations):
+    records, _ = assemble(tmp_path, corpus, generations, "stretched", "z")
+    from megadoc.assemble import strip_rationales
+
+    originals = {str(doc["id"]): doc["text"] for doc in corpus[1]}
+    assert len(records) == len(originals)
+    for record in records:
+        assert strip_rationales(record["text"]) == originals[record["id"]]
+        assert record["text"].count("\n<think>\n") == G
+        thoughts = [part.split("\n</think>\n")[0] for part in record["text"].split("\n<think>\n")[1:]]
+        assert thoughts == [f"Thought {i} about what follows." for i in range(G)]  # ordered by split point
+
+
+def test_stretched_custom_delimiters_round_trip(tmp_path, corpus, generations):
+    records, _ = assemble(tmp_path, corpus, generations, "stretched", "zc", "--rationale-open", "\n\n[",
+                          "--rationale-close", "]\n\n")
+    from megadoc.assemble import strip_rationales
+
+    originals = {str(doc["id"]): doc["text"] for doc in corpus[1]}
+    assert all(strip_rationales(r["text"], "\n\n[", "]\n\n") == originals[r["id"]] for r in records)
+
+
+def test_stitched_layout(tmp_path, corpus, generations):
+    last, _ = assemble(tmp_path, corpus, generations, "stitched", "b")
+    first, _ = assemble(tmp_path, corpus, generations, "stitched", "f", "--real-position", "first")
+    none, _ = assemble(tmp_path, corpus, generations, "stitched", "n", "--real-position", "none")
+    shuffled, _ = assemble(tmp_path, corpus, generations, "stitched", "r", "--order", "random", "--seed", "7")
+    originals = {str(doc["id"]): doc["text"] for doc in corpus[1]}
+    for record in last:
+        assert len(record["parts"]) == G + 1 and record["parts"][-1] == originals[record["id"]]
+        assert [p.split(":")[0] for p in record["parts"][:G]] == [f"Rephrase {i}" for i in range(G)]
+    assert all(r["parts"][0] == originals[r["id"]] for r in first)
+    assert all(len(r["parts"]) == G and originals[r["id"]] not in r["parts"] for r in none)
+    by_id = {r["id"]: r["parts"] for r in last}
+    assert all(sorted(r["parts"]) == sorted(by_id[r["id"]]) and r["parts"][-1] == by_id[r["id"]][-1]
+               for r in shuffled)
+    assert any(r["parts"] != by_id[r["id"]] for r in shuffled)
+
+
+def test_simple_is_every_rephrase_plus_one_real_copy_shuffled(tmp_path, corpus, generations):
+    records, path = assemble(tmp_path, corpus, generations, "simple", "s")
+    assert len(records) == len(corpus[1]) * (G + 1)
+    texts = {r["text"] for r in records}
+    assert all(doc["text"] in texts for doc in corpus[1])
+    again, path2 = assemble(tmp_path, corpus, generations, "simple", "s2")
+    assert path.read_bytes() == path2.read_bytes()  # deterministic under the seed
+    other, _ = assemble(tmp_path, corpus, generations, "simple", "s3", "--seed", "99")
+    assert [r["id"] for r in other] != [r["id"] for r in records]
+    summary = json.loads(Path(str(path) + ".summary.json").read_text())
+    assert summary["records"] == len(records) and summary["generations"] == G * len(corpus[1])
+
+
+def test_simple_and_stitched_hold_the_same_tokens(tmp_path, corpus, generations, llama3_hf):
+    sizes = {}
+    for method in ("simple", "stitched"):
+        prefix = tmp_path / method
+        assert main(["assemble", "--method", method, "--input", corpus[0], "--generations", generations,
+                     "--output-prefix", str(prefix), "--tokenizer-model", str(llama3_hf), "--workers", "1"]) == 0
+        source = read_source(str(prefix))
+        summary = json.loads(Path(f"{prefix}.jsonl.summary.json").read_text())
+        assert summary["tokens"]["total"] == source.tokens
+        sizes[method] = (source.tokens, len(source.sequence_lengths))
+    assert sizes["simple"][0] == sizes["stitched"][0]
+    assert sizes["simple"][1] == len(corpus[1]) * (G + 1) and sizes["stitched"][1] == len(corpus[1])
+
+
+def test_bad_inputs(tmp_path, corpus, capsys):
+    doc = corpus[1][0]
+    stray = write_shard(tmp_path / "stray", [_generation({"id": "nope"}, "rephrase", 0, "x")])
+    argv = ["assemble", "--method", "simple", "--input", corpus[0], "--output", str(tmp_path / "o.jsonl")]
+    assert main(argv + ["--generations", stray]) == 1
+    assert "not in the corpus (e.g. 'nope')" in capsys.readouterr().err
+    bad = write_shard(tmp_path / "bad", [_generation(doc, "rationale", 0, "t", 10**9)])
+    argv[2] = "stretched"
+    assert main(argv + ["--generations", bad]) == 1
+    assert "split_offset 1000000000, outside" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
