@@ -1,0 +1,387 @@
+"""`megadoc train`: train a recipe with Megatron-Core, top to bottom like its simple train loop (CPU path).
+
+config -> distributed + model (GPTModel, local layer spec) -> data (any Dataset of Megatron GPT samples) ->
+optimizer (Megatron AdamW, plain) -> loop (get_forward_backward_func, cosine lr with warmup, JSONL loss log)
+-> dist_checkpointing saves that resume bit for bit. Runs on a GPU too; without one, the device shim is on.
+Under `torchrun` the world is split into TP x PP x DP over gloo (CPU) or nccl (GPU).
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megadoc.errors import MegadocError
+from megadoc_recipes.models import MODELS, OptimizerRecipe, ParallelRecipe, TrainingRecipe
+
+LOG_NAME = "train_log.jsonl"
+TRACKER_NAME = "latest_checkpointed_iteration.txt"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--recipe", default="tiny", choices=sorted(MODELS), help="model size")
+    parser.add_argument("--data-path", required=True, help="Megatron .bin/.idx prefix of the training tokens")
+    parser.add_argument("--tokenizer-model", help="tokenizer the data was written with (sets the vocabulary)")
+    parser.add_argument("--vocab-size", type=int, help="vocabulary size when no --tokenizer-model is given")
+    parser.add_argument("--train-iters", type=int, required=True)
+    parser.add_argument("--global-batch-size", type=int, default=64)
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--seq-length", type=int, help="context length (default: the recipe's)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.8)
+    parser.add_argument("--clip-grad", type=float, default=1.0)
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--save", help="checkpoint directory (also where the JSONL loss log goes)")
+    parser.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
+    parser.add_argument("--load", help="checkpoint directory to resume from")
+    parser.add_argument("--log-dir", help="where train_log.jsonl goes (default: --save, else the current dir)")
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides weights, optimizer and RNG."""
+
+    iteration: int = 0
+    """Optimizer steps taken."""
+    consumed_samples: int = 0
+    """Training sequences read so far; the sampler restarts here."""
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+def init_distributed(parallel: ParallelRecipe) -> None:
+    """torch.distributed from torchrun's environment (world 1 without it), then Megatron's model-parallel groups."""
+    from megatron.core import parallel_state
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.distributed.init_process_group(
+            backend, rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    world = torch.distributed.get_world_size()
+    model_parallel = parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size
+    if world % model_parallel:
+        raise MegadocError(f"world size {world} is not a multiple of TP x PP = {model_parallel}")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size)
+
+
+def build_model(recipe: TrainingRecipe):
+    """This rank's GPTModel stage (local layer spec: plain PyTorch, no Transformer Engine)."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from megadoc_recipes.models import gpt_model_kwargs, transformer_config
+
+    config = transformer_config(recipe, cpu=not torch.cuda.is_available())
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        **gpt_model_kwargs(recipe),
+    )
+
+
+def wrap_ddp(model):
+    """Megatron's DDP: gradient buffers and the data-parallel all-reduce that finalize_model_grads runs."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+    model.config.finalize_model_grads_func = finalize_model_grads
+    return ddp
+
+
+def build_optimizer(model, recipe: TrainingRecipe):
+    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    opt = recipe.optimizer
+    config = OptimizerConfig(
+        optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
+        adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
+        bf16=model.config.bf16, params_dtype=torch.float32, use_distributed_optimizer=False,
+    )
+    return get_megatron_optimizer(config, [model])
+
+
+def learning_rate(step: int, train_iters: int, opt: OptimizerRecipe) -> float:
+    """Linear warmup to the peak over the first 1%, then cosine to min_lr at the last step (1-based step)."""
+    warmup = opt.warmup_iters(train_iters)
+    if step <= warmup:
+        return opt.lr * step / warmup
+    progress = (step - warmup) / max(1, train_iters - warmup)
+    return opt.min_lr + (opt.lr - opt.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class VocabOnlyTokenizer:
+    """What GPTDataset needs from a tokenizer when only the vocabulary size is known."""
+
+    vocab_size: int
+    eod: int = 0
+
+    @property
+    def unique_identifiers(self) -> dict:
+        return {"class": type(self).__name__, "vocab_size": self.vocab_size}
+
+
+def build_gpt_dataset(data_path: str, tokenizer, seq_length: int, num_samples: int, seed: int):
+    """One .bin/.idx prefix -> a GPTDataset of exactly the samples training reads (cross-document attention on)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    if not Path(data_path + ".idx").exists() or not Path(data_path + ".bin").exists():
+        raise MegadocError(f"{data_path}: no .bin/.idx pair with this prefix")
+    config = GPTDatasetConfig(
+        random_seed=seed, sequence_length=seq_length, blend=([data_path], None), split="100,0,0",
+        tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        create_attention_mask=False,
+    )
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, None, None], lambda: True, config).build()
+    return train
+
+
+class PretrainingSampler:
+    """Sequential micro-batches of dataset indices for one data-parallel rank, starting at consumed_samples.
+
+    The dataset is already shuffled, so reading it in order makes a resumed run read exactly the batches the
+    uninterrupted run would have (Megatron-LM's MegatronPretrainingSampler), with no RNG involved.
+    """
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.total_samples, self.consumed_samples = total_samples, consumed_samples
+        self.micro_batch_size, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+
+    def __iter__(self):
+        step = self.micro_batch_size * self.dp_size
+        for start in range(self.consumed_samples, self.total_samples - step + 1, step):
+            first = start + self.dp_rank * self.micro_batch_size
+            yield list(range(first, first + self.micro_batch_size))
+
+
+def data_iterator(dataset, state: TrainState, total_samples: int, micro_batch_size: int):
+    """An iterator of micro-batch dicts (tokens, labels, loss_mask, position_ids) from any map-style Dataset."""
+    from megatron.core import parallel_state
+
+    if len(dataset) < total_samples:
+        raise MegadocError(f"the dataset has {len(dataset)} samples; training reads {total_samples}")
+    sampler = PretrainingSampler(total_samples, state.consumed_samples, micro_batch_size,
+                                 parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size())
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0))
+
+
+# ---------------------------------------------------------------------------------------------------- step
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Mean token loss of a micro-batch; the schedule divides the returned loss in place, so log a clone."""
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.view(-1).float()
+    loss = torch.sum(losses * mask) / mask.sum()
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output, partial(loss_func, batch["loss_mask"])
+
+
+def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int):
+    """One optimizer step over a global batch; the mean loss on the last pipeline stage (None elsewhere)."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iterator, model=[model], num_microbatches=num_microbatches,
+        seq_length=seq_length, micro_batch_size=recipe.micro_batch_size, forward_only=False)
+    update_successful, grad_norm, _ = optimizer.step()
+    if not update_successful:
+        raise MegadocError("optimizer step failed (non-finite gradients)")
+    if not parallel_state.is_pipeline_last_stage():
+        return None, grad_norm
+    loss = torch.stack([x["lm loss"] for x in losses]).mean()
+    torch.distributed.all_reduce(loss, group=parallel_state.get_data_parallel_group())
+    return loss.item() / parallel_state.get_data_parallel_world_size(), grad_norm
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": get_cuda_rng_tracker().get_states()}
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_state(model, optimizer, state: TrainState, is_loading: bool) -> dict:
+    """Model + optimizer shards, this rank's RNG state as a ShardedObject, and the train state (common)."""
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    model_state = model.sharded_state_dict()
+    rng = ShardedObject(
+        "rng_state", _rng_state(),
+        (parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size(),
+         parallel_state.get_data_parallel_world_size()),
+        (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank(),
+         parallel_state.get_data_parallel_rank()),
+        replica_id=0)
+    return {"model": model_state, "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading),
+            "rng_state": rng, "iteration": state.iteration, "consumed_samples": state.consumed_samples}
+
+
+def save_checkpoint(save_dir: str, model, optimizer, state: TrainState) -> None:
+    """<save>/iter_NNNNNNN in the torch_dist format, then the tracker file naming it."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(save_dir) / f"iter_{state.iteration:07d}"
+    if torch.distributed.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(_sharded_state(model, optimizer, state, is_loading=False), str(path))
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        (Path(save_dir) / TRACKER_NAME).write_text(f"{state.iteration}\n")
+
+
+def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
+    """Restore the latest checkpoint under load_dir into model and optimizer; returns the train state."""
+    from megatron.core import dist_checkpointing
+
+    tracker = Path(load_dir) / TRACKER_NAME
+    if not tracker.exists():
+        raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc checkpoint directory)")
+    path = Path(load_dir) / f"iter_{int(tracker.read_text()):07d}"
+    loaded = dist_checkpointing.load(_sharded_state(model, optimizer, TrainState(), is_loading=True), str(path))
+    model.load_state_dict(loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    _set_rng_state(loaded["rng_state"])
+    return TrainState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def recipe_from_args(args) -> tuple[TrainingRecipe, object]:
+    """The recipe the flags describe, and the tokenizer (or vocabulary) the data was written with."""
+    if args.tokenizer_model:
+        from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+
+        tokenizer = build_tokenizer(TokenizerSpec(args.tokenizer_model))
+    elif args.vocab_size:
+        tokenizer = VocabOnlyTokenizer(args.vocab_size)
+    else:
+        raise MegadocError("give --tokenizer-model or --vocab-size")
+    model = MODELS[args.recipe]
+    if args.seq_length:
+        model = replace(model, seq_length=args.seq_length)
+    recipe = TrainingRecipe(
+        model=model,
+        optimizer=OptimizerRecipe(lr=args.lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad),
+        parallel=ParallelRecipe(args.tensor_model_parallel_size, args.pipeline_model_parallel_size),
+        global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+        vocab_size=tokenizer.vocab_size, tokenizer_model=args.tokenizer_model)
+    return recipe, tokenizer
+
+
+def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: str | None = None,
+          save_interval: int | None = None, load: str | None = None, log_path: Path | None = None) -> list[dict]:
+    """Train on `dataset` (any map-style Dataset of Megatron GPT samples); returns the logged records."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megadoc_recipes import device_shim
+
+    device_shim.activate()
+    init_distributed(recipe.parallel)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+    model = wrap_ddp(build_model(recipe))
+    optimizer = build_optimizer(model, recipe)
+    state = load_checkpoint(load, model, optimizer) if load else TrainState()
+
+    dp_size = parallel_state.get_data_parallel_world_size()
+    if recipe.global_batch_size % (recipe.micro_batch_size * dp_size):
+        raise MegadocError(f"global batch {recipe.global_batch_size} is not a multiple of micro batch x DP")
+    num_microbatches = recipe.global_batch_size // (recipe.micro_batch_size * dp_size)
+    iterator = data_iterator(dataset, state, train_iters * recipe.global_batch_size, recipe.micro_batch_size)
+
+    writes_log = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+                  and parallel_state.get_data_parallel_rank() == 0)
+    records = []
+    model.train()
+    while state.iteration < train_iters:
+        lr = learning_rate(state.iteration + 1, train_iters, recipe.optimizer)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length)
+        state.iteration += 1
+        state.consumed_samples += recipe.global_batch_size
+        if writes_log:
+            record = {"iteration": state.iteration, "consumed_samples": state.consumed_samples, "loss": loss,
+                      "lr": lr, "grad_norm": float(grad_norm), "step_time_s": round(time.perf_counter() - start, 4)}
+            records.append(record)
+            print(json.dumps(record), flush=True)
+            if log_path is not None:
+                with open(log_path, "a") as log:
+                    log.write(json.dumps(record) + "\n")
+        if save and (state.iteration == train_iters or (save_interval and state.iteration % save_interval == 0)):
+            save_checkpoint(save, model, optimizer, state)
+    return records
+
+
+def run(args) -> int:
+    recipe, tokenizer = recipe_from_args(args)
+    from megadoc_recipes import device_shim
+
+    device_shim.activate()
+    init_distributed(recipe.parallel)
+    dataset = build_gpt_dataset(args.data_path, tokenizer, recipe.model.seq_length,
+                                args.train_iters * recipe.global_batch_size, args.seed)
+    log_dir = Path(args.log_dir or args.save or ".")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    train(recipe, dataset, args.train_iters, args.seed, save=args.save, save_interval=args.save_interval,
+          load=args.load, log_path=log_dir / LOG_NAME)
+    torch.distributed.destroy_process_group()
+    return 0
