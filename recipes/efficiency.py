@@ -10,6 +10,10 @@ The law is fitted when real-only runs exist at >= 4 real-token budgets (3 parame
 residual says something). With fewer, pass `--alpha` and `--asymptote` (the paper's reverse-engineered values are
 0.235 and 1.93) and A is anchored at the best real-only run.
 
+Loss-vs-parameters fits (the paper's asymptote fits, N in billions) are made for every (method, G, real tokens)
+group run at >= 4 model sizes. Everything else compares runs of one model size (`--params`, needed when the
+registry holds several).
+
 The certificate is the paper's "convex tuning" check: the best run of a (method, G, real tokens) group is locally
 optimal when every +/-1 grid step neighbour in E, r, lr and wd has been run and none is better. Neighbours not yet
 in the registry are written to to_run.csv for the sweep helper; an optimum on the grid's edge is flagged, since the
@@ -128,6 +132,39 @@ def best_runs(runs: list[RunRecord], loss_key: str) -> dict[Group, RunRecord]:
     return dict(sorted(best.items()))
 
 
+def one_size(runs: list[RunRecord], params: int | None) -> list[RunRecord]:
+    """The runs of one model size: `params`, or the registry's only size; best runs of mixed sizes mean nothing."""
+    if params is not None:
+        chosen = [run for run in runs if run.params == params]
+        if not chosen:
+            raise MegadocError(f"no run has params = {params}")
+        return chosen
+    sizes = sorted({run.params for run in runs}, key=lambda size: size or 0)
+    if len(sizes) > 1:
+        raise MegadocError(f"runs of several model sizes ({', '.join(map(str, sizes))}); pass --params")
+    return runs
+
+
+def parameter_laws(runs: list[RunRecord], loss_key: str) -> list[dict]:
+    """L(N) = A / N^alpha + C (N in billions) for each (method, G, real tokens) group run at >= 4 model sizes."""
+    by_size: dict[Group, dict[int, float]] = {}
+    for run in evaluated(runs, loss_key):
+        if run.params:
+            sizes = by_size.setdefault((run.method, run.G, run.real_tokens), {})
+            sizes[run.params] = min(sizes.get(run.params, np.inf), getattr(run, loss_key))
+    laws = []
+    for (method, G, real_tokens), sizes in sorted(by_size.items()):
+        if len(sizes) < MIN_FIT_POINTS:
+            continue
+        row = {"method": method, "G": G, "real_tokens": real_tokens, "sizes": len(sizes)}
+        try:
+            row.update(asdict(fit_power_law(np.array(list(sizes)) / 1e9, list(sizes.values()))))
+        except MegadocError as error:  # one group that does not fit should not hide the others
+            row["error"] = str(error)
+        laws.append(row)
+    return laws
+
+
 def real_only_law(best: dict[Group, RunRecord], loss_key: str, alpha: float | None,
                   asymptote: float | None) -> PowerLaw:
     """The real-only data-scaling law: fitted over real-token budgets, or anchored when alpha and C are given."""
@@ -214,13 +251,15 @@ class EfficiencyConfig:
     """Anchor the real-only law with this exponent instead of fitting it."""
     asymptote: float | None = None
     """Anchor the real-only law with this asymptote C instead of fitting it."""
+    params: int | None = None
+    """Model size whose runs are compared; None: the registry's only size."""
     grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(GRIDS))
     """Grids the certificate steps over."""
 
 
 def analyse(config: EfficiencyConfig) -> tuple[PowerLaw, list[dict], list[Certificate]]:
     """Law, one table row per group (best run, loss, data efficiency, certified) and the certificates."""
-    runs = read_registry(config.registry)
+    runs = one_size(read_registry(config.registry), config.params)
     best = best_runs(runs, config.loss_key)
     if not best:
         raise MegadocError(f"{config.registry}: no run has a {config.loss_key}")
@@ -245,7 +284,19 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer.writerows(rows)
 
 
-def _markdown(law: PowerLaw, rows: list[dict], certificates: list[Certificate], config: EfficiencyConfig) -> str:
+def parameter_lines(laws: list[dict]) -> list[str]:
+    """Markdown table of the loss-vs-N fits (empty when no group has enough model sizes)."""
+    if not laws:
+        return []
+    lines = ["| method | G | real tokens | sizes | fit (N in billions) |", "|---|---|---|---|---|"]
+    lines += [f"| {law['method']} | {law['G']} | {law['real_tokens']} | {law['sizes']} | "
+              + (law["error"] if "error" in law else f"{law['A']:.3g} / N^{law['alpha']:.2f} + **{law['C']:.3f}**")
+              + " |" for law in laws]
+    return ["## Loss vs parameters (asymptotes)", "", *lines, ""]
+
+
+def _markdown(law: PowerLaw, rows: list[dict], certificates: list[Certificate], laws: list[dict],
+              config: EfficiencyConfig) -> str:
     how = "anchored" if config.alpha is not None and config.asymptote is not None else "fitted"
     lines = [f"# Data efficiency ({config.loss_key})", "",
              f"Real-only law ({how}): L(D) = {law.A:.4g} / D^{law.alpha:.4f} + {law.C:.4f}", "",
@@ -256,12 +307,16 @@ def _markdown(law: PowerLaw, rows: list[dict], certificates: list[Certificate], 
     lines += ["", "## Convex-tuning certificate", ""]
     for certificate in certificates:
         best = certificate.best
-        state = "locally optimal" if certificate.certified else f"{len(certificate.to_run)} neighbour(s) to run"
+        pending = sum(loss is None for _, loss in certificate.neighbours) - len(certificate.to_run)
+        state = ("locally optimal" if certificate.certified
+                 else f"not yet: {len(certificate.to_run)} neighbour(s) to run, {pending} pending")
         edge = f"; at the grid edge in {', '.join(certificate.edges)}" if certificate.edges else ""
         lines.append(f"- {best.method} G={best.G}: {best.run} ({_show(_config(best))}): {state}{edge}")
-        lines += [f"  - {_show(neighbour)}: {'not run' if loss is None else f'{loss:.4f}'}"
+        lines += [f"  - {_show(neighbour)}: " + (f"{loss:.4f}" if loss is not None else
+                                                  "not run" if neighbour in certificate.to_run else "pending")
                   for neighbour, loss in certificate.neighbours]
-    return "\n".join(lines) + "\n"
+    lines += ["", *parameter_lines(laws)]
+    return "\n".join(lines)
 
 
 def g_axis(axes, values) -> None:
@@ -302,10 +357,12 @@ def write_outputs(config: EfficiencyConfig) -> list[dict]:
     to_run = [{"method": c.best.method, "G": c.best.G, "real_tokens": c.best.real_tokens,
                **{axis: f"{value:g}" for axis, value in n.items()}} for c in certificates for n in c.to_run]
     _write_csv(out / "to_run.csv", to_run, ["method", "G", "real_tokens", *GRIDS])
+    laws = parameter_laws(read_registry(config.registry), config.loss_key)
     with atomic_write(out / "efficiency.md", "w") as handle:
-        handle.write(_markdown(law, rows, certificates, config))
+        handle.write(_markdown(law, rows, certificates, laws, config))
     with atomic_write(out / "law.json") as handle:
-        handle.write(orjson.dumps({**asdict(law), "loss_key": config.loss_key}, option=orjson.OPT_INDENT_2))
+        handle.write(orjson.dumps({"loss_key": config.loss_key, "data": asdict(law), "parameters": laws},
+                                  option=orjson.OPT_INDENT_2))
     plot_efficiency(rows, out / "efficiency.png")
     return rows
 
@@ -322,6 +379,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="where the table, plot, law and to_run.csv go")
     parser.add_argument("--loss-key", default="iid_loss", choices=("iid_loss", "long_loss", "short_loss"),
                         help="registry column to rank runs by and convert to data efficiency")
+    parser.add_argument("--params", type=int, default=None,
+                        help="compare the runs of this model size (needed when the registry holds several)")
     parser.add_argument("--alpha", type=float, default=None, help="anchor the real-only law with this exponent "
                                                                   "(with --asymptote) instead of fitting it")
     parser.add_argument("--asymptote", type=float, default=None, help="the anchored law's asymptote C")
@@ -335,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.alpha is None) != (args.asymptote is None):
         raise MegadocError("--alpha and --asymptote go together")
     config = EfficiencyConfig(registry=args.registry, output_dir=args.output_dir, loss_key=args.loss_key,
-                              alpha=args.alpha, asymptote=args.asymptote,
+                              alpha=args.alpha, asymptote=args.asymptote, params=args.params,
                               grids={axis: getattr(args, f"grid_{axis}") for axis in GRIDS})
     rows = write_outputs(config)
     for row in rows:

@@ -37,6 +37,8 @@ class RunRecord:
     """Peak learning rate."""
     wd: float
     """Weight decay."""
+    params: int | None = None
+    """Model parameter count N: the x axis of the loss-vs-N asymptote fits."""
     seq_length: int | None = None
     """Training context length."""
     plan: str = ""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_recipes.efficiency import EfficiencyConfig, analyse, best_runs, g_axis, plot_efficiency
+from megadoc_recipes.efficiency import (EfficiencyConfig, analyse, best_runs, g_axis, one_size, parameter_laws,
+                                       parameter_lines, plot_efficiency)
 from megadoc_recipes.metrics import load_curve
 from megadoc_recipes.registry import REAL_ONLY, RunRecord, read_registry
 
@@ -30,6 +31,8 @@ class ReportConfig:
     """Runs registry CSV."""
     output_dir: str
     """Writes report.md and the PNGs here."""
+    params: int | None = None
+    """Model size to draw (needed when the registry holds several); loss-vs-N fits use every size."""
     real_tokens: int | None = None
     """Real-token budget to draw; None: the largest budget of any synthetic run."""
     alpha: float | None = None
@@ -119,24 +122,25 @@ def _table(best: dict[tuple[str, int], RunRecord], efficiency: dict[tuple[str, i
 
 
 def write_report(config: ReportConfig) -> Path:
-    runs = read_registry(config.registry)
+    registered = read_registry(config.registry)
+    runs = one_size(registered, config.params)
     tokens = budget(runs, config.real_tokens)
     drawn = [run for run in runs if run.real_tokens == tokens]
     best = {(method, G): run for (method, G, _), run in best_runs(drawn, "iid_loss").items()}
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# megadoc report: {Path(config.registry).name}", "",
-             f"{len(runs)} runs registered; best run per (method, G) at {tokens} real tokens, by i.i.d. loss.", ""]
+             f"{len(registered)} runs registered; best run per (method, G) at {tokens} real tokens, by i.i.d. loss.", ""]
     try:
         law, rows, _ = analyse(EfficiencyConfig(config.registry, str(out), alpha=config.alpha,
-                                                asymptote=config.asymptote))
+                                                asymptote=config.asymptote, params=config.params))
         efficiency = {(row["method"], row["G"]): f"{row['data_efficiency']:.2f}x" for row in rows
                       if row["real_tokens"] == tokens}
         plot_efficiency([row for row in rows if row["real_tokens"] == tokens], out / "efficiency.png")
         law_line = f"Real-only law: L(D) = {law.A:.4g} / D^{law.alpha:.4f} + {law.C:.4f}. ![](efficiency.png)"
     except MegadocError as error:
         efficiency, law_line = {}, f"No data efficiency: {error}."
-    lines += _table(best, efficiency) + ["", law_line, ""]
+    lines += _table(best, efficiency) + ["", law_line, ""] + parameter_lines(parameter_laws(registered, "iid_loss"))
     for key in LOSS_KEYS:
         name = f"loss_vs_G_{key.removesuffix('_loss')}.png"
         key_best = {(m, G): run for (m, G, _), run in best_runs(drawn, key).items()}
@@ -153,6 +157,8 @@ def write_report(config: ReportConfig) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, help="runs registry CSV (megadoc_recipes.registry)")
     parser.add_argument("--output-dir", required=True, help="writes report.md and its PNGs here")
+    parser.add_argument("--params", type=int, default=None,
+                        help="model size to draw (needed when the registry holds several)")
     parser.add_argument("--real-tokens", type=int, default=None,
                         help="real-token budget to draw (default: the largest a synthetic run used)")
     parser.add_argument("--alpha", type=float, default=None, help="anchor the real-only law (see megadoc efficiency)")
@@ -163,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.alpha is None) != (args.asymptote is None):
         raise MegadocError("--alpha and --asymptote go together")
-    path = write_report(ReportConfig(registry=args.registry, output_dir=args.output_dir,
+    path = write_report(ReportConfig(registry=args.registry, output_dir=args.output_dir, params=args.params,
                                      real_tokens=args.real_tokens, alpha=args.alpha, asymptote=args.asymptote))
     print(f"megadoc report: wrote {path}")
     return 0

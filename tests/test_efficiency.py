@@ -102,3 +102,28 @@ def test_efficiency_command_writes_table_plot_and_to_run(tmp_path, capsys):
     assert {"stitched", "simple", "real"} == {row["method"] for row in csv.DictReader((out / "to_run.csv").open())}
     assert main(["efficiency", "--registry", str(registry), "--output-dir", str(out)]) == 1
     assert "needs 4, or pass --alpha and --asymptote" in capsys.readouterr().err
+
+
+def test_fitted_data_law_and_parameter_asymptotes_from_the_registry(tmp_path, capsys):
+    registry, data_law = tmp_path / "runs.csv", PowerLaw(A=145.6, alpha=0.235, C=1.93)
+    params_law = PowerLaw(A=0.05, alpha=1.02, C=3.43)  # Appendix A's regularized fit, N in billions
+    for tokens in (D_REAL, 2 * D_REAL, 4 * D_REAL, 8 * D_REAL):
+        record_run(registry, RunRecord(run=f"real{tokens:.0f}", method="real", G=0, real_tokens=int(tokens), E=16,
+                                       r=None, lr=3e-3, wd=1.6, params=300_000_000,
+                                       iid_loss=float(data_law(int(tokens)))))
+    for size in (150e6, 300e6, 600e6, 1.5e9):
+        record_run(registry, RunRecord(run=f"b32-{size:.0f}", method="stitched", G=32, real_tokens=int(D_REAL), E=32,
+                                       r=0.9, lr=1e-3, wd=0.4, params=int(size),
+                                       iid_loss=float(params_law(size / 1e9))))
+    record_run(registry, RunRecord(run="s32", method="simple", G=32, real_tokens=int(D_REAL), E=16, r=0.75, lr=3e-3,
+                                   wd=0.4, params=300_000_000, iid_loss=float(data_law(2 * D_REAL))))
+    out = tmp_path / "eff"
+    argv = ["efficiency", "--registry", str(registry), "--output-dir", str(out)]
+    assert main(argv) == 1 and "several model sizes" in capsys.readouterr().err
+    assert main(argv + ["--params", "300000000"]) == 0, capsys.readouterr().err
+    rows = {(row["method"], row["G"], row["real_tokens"]): row
+            for row in csv.DictReader((out / "efficiency.csv").open())}
+    assert float(rows["simple", "32", str(int(D_REAL))]["data_efficiency"]) == pytest.approx(2.0, rel=1e-3)
+    text = (out / "efficiency.md").read_text()
+    assert "Real-only law (fitted): L(D) = 145.6 / D^0.2350 + 1.9300" in text
+    assert "| stitched | 32 | 203700000 | 4 | 0.05 / N^1.02 + **3.430** |" in text
