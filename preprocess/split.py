@@ -126,7 +126,8 @@ def split_corpus(inputs: list[str], out_dir: str | os.PathLike, tokenizer: Token
     with atomic_write(out / VALIDATION_IDS, "w") as handle:
         handle.writelines(f"{ids[index]}\n" for index in held_out)
     summary = {"config": asdict(config), "inputs": inputs, "documents": len(ids), "records": counts,
-               "long_tokens": int(lengths[sorted(split.long)].sum()), "iid_tokens": int(lengths[sorted(split.iid)].sum())}
+               "long_tokens": int(lengths[sorted(split.long)].sum()),
+               "iid_tokens": int(lengths[sorted(split.iid)].sum())}
     with atomic_write(out / SPLIT_JSON) as handle:
         handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary

@@ -269,8 +269,12 @@ def analyse(config: EfficiencyConfig) -> tuple[PowerLaw, list[dict], list[Certif
         group = [other for other in runs if (other.method, other.G, other.real_tokens) == (method, G, real_tokens)]
         certificate = certify(group, run, config.loss_key, config.grids)
         loss = getattr(run, config.loss_key)
+        try:
+            efficiency = data_efficiency(law, loss, real_tokens)
+        except MegadocError as error:
+            raise MegadocError(f"run {run.run!r}: {error}") from None
         rows.append({"method": method, "G": G, "real_tokens": real_tokens, "run": run.run, "loss": loss,
-                     "data_efficiency": round(data_efficiency(law, loss, real_tokens), 4),
+                     "data_efficiency": round(efficiency, 4),
                      "certified": certificate.certified,
                      **{axis: f"{value:g}" for axis, value in _config(run).items()}})
         certificates.append(certificate)
@@ -386,7 +390,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asymptote", type=float, default=None, help="the anchored law's asymptote C")
     for axis, flag in (("E", "epochs"), ("r", "ratio"), ("lr", "lr"), ("wd", "wd")):
         parser.add_argument(f"--{flag}-grid", type=_grid, default=GRIDS[axis], dest=f"grid_{axis}",
-                            help=f"comma-separated {axis} grid for the certificate (default {','.join(map(str, GRIDS[axis]))})")
+                            help=f"comma-separated {axis} grid for the certificate "
+                                 f"(default {','.join(map(str, GRIDS[axis]))})")
     parser.set_defaults(func=run)
 
 

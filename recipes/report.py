@@ -130,7 +130,8 @@ def write_report(config: ReportConfig) -> Path:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# megadoc report: {Path(config.registry).name}", "",
-             f"{len(registered)} runs registered; best run per (method, G) at {tokens} real tokens, by i.i.d. loss.", ""]
+             f"{len(registered)} runs registered; best run per (method, G) at {tokens} real tokens, by i.i.d. loss.",
+             ""]
     try:
         law, rows, _ = analyse(EfficiencyConfig(config.registry, str(out), alpha=config.alpha,
                                                 asymptote=config.asymptote, params=config.params))
