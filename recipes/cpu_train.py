@@ -43,6 +43,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save", help="checkpoint directory (also where the JSONL loss log goes)")
     parser.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
     parser.add_argument("--load", help="checkpoint directory to resume from")
+    parser.add_argument("--exit-interval", type=int, help="stop after this iteration (the schedule still spans "
+                        "--train-iters), e.g. to test resuming")
     parser.add_argument("--log-dir", help="where train_log.jsonl goes (default: --save, else the current dir)")
     parser.set_defaults(func=run)
 
@@ -255,7 +257,7 @@ def _sharded_state(model, optimizer, state: TrainState, is_loading: bool) -> dic
     from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    model_state = model.sharded_state_dict()
+    model_state = model.module.sharded_state_dict()  # keys of the bare GPTModel, not DDP's "module." ones
     rng = ShardedObject(
         "rng_state", _rng_state(),
         (parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size(),
@@ -290,7 +292,7 @@ def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
         raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc checkpoint directory)")
     path = Path(load_dir) / f"iter_{int(tracker.read_text()):07d}"
     loaded = dist_checkpointing.load(_sharded_state(model, optimizer, TrainState(), is_loading=True), str(path))
-    model.load_state_dict(loaded["model"])
+    model.module.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     _set_rng_state(loaded["rng_state"])
     return TrainState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
@@ -322,7 +324,8 @@ def recipe_from_args(args) -> tuple[TrainingRecipe, object]:
 
 
 def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: str | None = None,
-          save_interval: int | None = None, load: str | None = None, log_path: Path | None = None) -> list[dict]:
+          save_interval: int | None = None, load: str | None = None, log_path: Path | None = None,
+          exit_interval: int | None = None) -> list[dict]:
     """Train on `dataset` (any map-style Dataset of Megatron GPT samples); returns the logged records."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -350,7 +353,7 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
                   and parallel_state.get_data_parallel_rank() == 0)
     records = []
     model.train()
-    while state.iteration < train_iters:
+    while state.iteration < min(train_iters, exit_interval or train_iters):
         lr = learning_rate(state.iteration + 1, train_iters, recipe.optimizer)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -382,6 +385,6 @@ def run(args) -> int:
     log_dir = Path(args.log_dir or args.save or ".")
     log_dir.mkdir(parents=True, exist_ok=True)
     train(recipe, dataset, args.train_iters, args.seed, save=args.save, save_interval=args.save_interval,
-          load=args.load, log_path=log_dir / LOG_NAME)
+          load=args.load, log_path=log_dir / LOG_NAME, exit_interval=args.exit_interval)
     torch.distributed.destroy_process_group()
     return 0
