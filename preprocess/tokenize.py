@@ -54,9 +54,7 @@ class TokenizeConfig:
             raise MegadocError("--input: no corpus given")
         if self.checkpoint_interval < 1:
             raise MegadocError("--checkpoint-interval must be >= 1")
-        out_dir = os.path.dirname(os.path.abspath(self.output_prefix))
-        if not os.path.isdir(out_dir):
-            raise MegadocError(f"--output-prefix: directory {out_dir} does not exist")
+        os.makedirs(os.path.dirname(os.path.abspath(self.output_prefix)), exist_ok=True)
 
 
 @dataclass

@@ -8,7 +8,7 @@ the way Megatron-LM's (non-legacy) tokenizers do, so the token ids — and so th
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megadoc.errors import MegadocError
@@ -158,7 +158,14 @@ def guess_type(model: str) -> str:
     raise MegadocError(f"{model}: cannot tell the tokenizer type from the path; pass --tokenizer-type")
 
 
+EMBEDDED_TOKENIZER = "smollm2"  # the embedded model's tokenizer (megadoc.models), usable with no file at hand
+
+
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
+    if spec.model == EMBEDDED_TOKENIZER:
+        from megadoc.models import default_model_dir
+
+        spec = replace(spec, model=default_model_dir(), type="HuggingFaceTokenizer")
     if not os.path.exists(spec.model):
         raise MegadocError(f"{spec.model}: no such tokenizer file or folder")
     kind = spec.type or guess_type(spec.model)
@@ -175,7 +182,8 @@ def add_tokenizer_arguments(parser) -> None:
     """Megatron-LM's tokenizer flags, shared by every stage that counts or writes tokens."""
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-model", required=True,
-                       help="tokenizer.json / HF folder, sentencepiece .model, or tiktoken BPE file")
+                       help="tokenizer.json / HF folder, sentencepiece .model, tiktoken BPE file, or 'smollm2' "
+                       "(the embedded model's tokenizer)")
     group.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default=None,
                        help="Megatron-LM tokenizer type (default: guessed from --tokenizer-model)")
     group.add_argument("--tiktoken-pattern", default="llama3",
