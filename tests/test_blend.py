@@ -134,3 +134,8 @@ def test_bad_plans_on_data(prefixes, tmp_path, capsys):
     assert "exceed one pass" in cli_error(base + ["--base-steps", "1000"], capsys)
     assert "outside [0, 1)" in cli_error(base[:5] + ["1.5"] + base[6:], capsys)
     assert "not 1" in cli_error(["--real-path", real, "--synthetic-path", "0.6", syn, "0.6", syn, "--synthetic-fraction", "0.5"], capsys)
+
+
+def test_real_only_plan():
+    plan = make_plan(MegadocBlendConfig(real_prefix="dcr", real_epochs=16, base_steps=777))
+    assert plan.train_iters == 16 * 777 and plan.synthetic == [] and plan.real.epochs == 16

@@ -64,7 +64,8 @@ class MegadocBlendConfig:
         if self.base_steps is not None and self.base_steps <= 0:
             raise MegadocError(f"base_steps: {self.base_steps} must be > 0")
         if self.synthetic_weights is None:
-            self.synthetic_weights = [1.0 / len(self.synthetic_prefixes)] * len(self.synthetic_prefixes)
+            count = len(self.synthetic_prefixes)
+            self.synthetic_weights = [1.0 / count] * count if count else []
         self._check_weights()
 
     def _check_weights(self):

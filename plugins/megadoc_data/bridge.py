@@ -1,0 +1,35 @@
+"""Megatron-Bridge entry point: a `DatasetProvider` whose `build_datasets(context)` builds the exact blend.
+
+Importable without Megatron-Bridge: the base class is then a plain dataclass stand-in, so configs and tests that
+only need the arithmetic do not pay for (or require) the Bridge install.
+"""
+
+from dataclasses import dataclass
+
+from megadoc_data.config import MegadocBlendConfig
+
+try:
+    from megatron.bridge.training.config import DatasetProvider
+except ImportError:  # Megatron-Bridge not installed
+
+    @dataclass
+    class DatasetProvider:
+        """Stand-in for megatron.bridge.training.config.DatasetProvider."""
+
+
+@dataclass
+class MegadocDatasetProvider(DatasetProvider):
+    """cfg.dataset for a Megatron-Bridge recipe: the blend, built with exact counts on the trainer's tokenizer."""
+
+    blend: MegadocBlendConfig = None
+    """The plan to build; train_iters must be the plan's (megadoc blend prints it)."""
+
+    @property
+    def seq_length(self) -> int:
+        return self.blend.seq_length
+
+    def build_datasets(self, context):
+        from megadoc_data.datasets import build_datasets
+
+        return build_datasets(self.blend, context.tokenizer, train_samples=context.train_samples,
+                              valid_samples=context.valid_samples or None)

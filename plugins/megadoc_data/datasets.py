@@ -1,0 +1,154 @@
+"""Megatron-Core datasets for a megadoc blend, with exact sample counts.
+
+Megatron-Core's BlendedMegatronDatasetBuilder asks each dataset for ceil(weight * size) * 1.005 samples and blends
+by greedy error, so per-stream counts drift from the plan. Here every stream is a GPTDataset asked for exactly its
+planned count, and the BlendedDataset is built with integer weights and size=None, Megatron-Core's exhaustive
+blending: stream i contributes exactly counts[i] samples, interleaved in proportion. The real stream is one capped
+pass of base_steps * global_batch_size samples (the paper's 777-batch cap), replayed in a fresh seeded order each
+epoch, so every real sample is seen exactly E times. Indices are cached under path_to_cache; rank 0 builds first and
+the others read its cache (Megatron-Core's build_generic_dataset), so several ranks can build at once.
+"""
+
+import functools
+import os
+from typing import Callable
+
+import numpy
+
+from megadoc.errors import MegadocError
+from megadoc_data.config import MegadocBlendConfig
+from megadoc_data.plan import Plan, make_plan, read_sources
+from megadoc_data.sources import check_vocab, read_source
+
+from megatron.core.datasets.blended_dataset import BlendedDataset
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import Split
+
+
+class MegadocGPTDataset(GPTDataset):
+    """A GPTDataset of exactly `num_samples` samples; with `pass_samples`, one pass of that many samples replayed
+    (re-shuffled per epoch) until `num_samples` are drawn."""
+
+    def __init__(self, indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config,
+                 pass_samples=None):
+        super().__init__(indexed_dataset, dataset_path, indexed_indices, pass_samples or num_samples, index_split,
+                         config)
+        self.total = num_samples if num_samples is not None else super().__len__()
+        self.order = _epoch_order(pass_samples, self.total, config.random_seed) if pass_samples else None
+        self.unique_identifiers["megadoc"] = {"num_samples": num_samples, "pass_samples": pass_samples}
+        if self.order is None and super().__len__() < self.total:
+            raise MegadocError(f"{dataset_path}: built {super().__len__()} samples, fewer than {self.total}")
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, idx):
+        if self.order is not None and idx is not None:
+            idx = int(self.order[idx])
+        return super().__getitem__(idx)
+
+
+def _epoch_order(pass_samples: int, total: int, seed: int) -> numpy.ndarray:
+    """Concatenated per-epoch permutations of range(pass_samples), cut at `total`: each sample E times."""
+    rng = numpy.random.default_rng([seed, pass_samples])
+    epochs = -(-total // pass_samples)
+    return numpy.concatenate([rng.permutation(pass_samples) for _ in range(epochs)])[:total]
+
+
+def gpt_config(config: MegadocBlendConfig, tokenizer, **overrides) -> GPTDatasetConfig:
+    """The Megatron-Core config every source is built with (no surplus: counts are exact)."""
+    fields = dict(random_seed=config.seed, sequence_length=config.seq_length,
+                  blend_per_split=[([config.real_prefix] + config.synthetic_prefixes, None),
+                                   ((config.valid_prefixes + config.long_valid_prefixes) or None, None)
+                                   if config.valid_prefixes or config.long_valid_prefixes else None, None],
+                  path_to_cache=config.path_to_cache, tokenizer=tokenizer, reset_position_ids=False,
+                  reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.0)
+    return GPTDatasetConfig(**{**fields, **overrides})
+
+
+def _ensure_process_group(config: MegadocBlendConfig) -> None:
+    """Megatron-Core reads the rank when it caches indices: give a lone process a world of one."""
+    import torch.distributed as dist
+
+    if config.path_to_cache and not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+def _source(prefix: str, num_samples, split: Split, gpt: GPTDatasetConfig, built_on_rank: Callable,
+            pass_samples=None):
+    indexed = IndexedDataset(prefix, multimodal=False, mmap=gpt.mmap_bin_files)
+    cls = functools.partial(MegadocGPTDataset, pass_samples=pass_samples)
+    return BlendedMegatronDatasetBuilder.build_generic_dataset(
+        cls, built_on_rank, True, indexed, prefix, numpy.arange(len(indexed), dtype=numpy.int32), num_samples,
+        split, gpt)
+
+
+def check_plan(config: MegadocBlendConfig, tokenizer, train_samples: int | None = None) -> Plan:
+    """Every bad-plan check, before anything is built."""
+    real, synthetic = read_sources(config)
+    for prefix in [config.real_prefix] + config.synthetic_prefixes + config.valid_prefixes + \
+            config.long_valid_prefixes:
+        check_vocab(read_source(prefix), tokenizer.vocab_size)
+    plan = make_plan(config, real.samples_per_pass(config.seq_length),
+                     [s.samples_per_pass(config.seq_length) for s in synthetic])
+    if train_samples is not None and train_samples != plan.total_sequences:
+        raise MegadocError(f"the trainer asks for {train_samples} training samples; the plan has "
+                           f"{plan.total_sequences}: set --train-iters {plan.train_iters}")
+    return plan
+
+
+def build_datasets(config: MegadocBlendConfig, tokenizer, train_samples: int | None = None,
+                   valid_samples: int | None = None, built_on_rank: Callable = lambda: True):
+    """(train BlendedDataset, validation dataset or list of them, None); the plain-Python entry point."""
+    plan = check_plan(config, tokenizer, train_samples)
+    _ensure_process_group(config)
+    gpt = gpt_config(config, tokenizer)
+    streams = [(config.real_prefix, plan.real.sequences, plan.real.pass_sequences)]
+    streams += [(s.prefix, s.sequences, None) for s in plan.synthetic]
+    datasets = [_source(p, n, Split.train, gpt, built_on_rank, pass_) for p, n, pass_ in streams]
+    train = BlendedMegatronDatasetBuilder.build_generic_dataset(
+        BlendedDataset, built_on_rank, True, datasets, [n for _, n, _ in streams], None, gpt)
+    valid = [_source(p, valid_samples, Split.valid, gpt, built_on_rank)
+             for p in config.valid_prefixes + config.long_valid_prefixes]
+    return train, (valid[0] if len(valid) == 1 else valid or None), None
+
+
+def megatron_lm_extra_args(parser):
+    """Megatron-LM `extra_args_provider`: the blend flags, prefixed so they never clash with Megatron-LM's own."""
+    group = parser.add_argument_group("megadoc blend")
+    group.add_argument("--megadoc-real-path", required=True)
+    group.add_argument("--megadoc-synthetic-path", nargs="+", default=[])
+    group.add_argument("--megadoc-real-epochs", type=float, default=1.0)
+    group.add_argument("--megadoc-synthetic-fraction", type=float, default=0.0)
+    group.add_argument("--megadoc-base-steps", type=int, default=None)
+    group.add_argument("--megadoc-valid-path", nargs="*", default=[])
+    group.add_argument("--megadoc-long-valid-path", nargs="*", default=[])
+    return parser
+
+
+def config_from_megatron_args(args) -> MegadocBlendConfig:
+    from megadoc_data.plan import parse_weighted
+
+    prefixes, weights = parse_weighted(args.megadoc_synthetic_path)
+    return MegadocBlendConfig(
+        real_prefix=args.megadoc_real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
+        real_epochs=args.megadoc_real_epochs, synthetic_fraction=args.megadoc_synthetic_fraction,
+        seq_length=args.seq_length, global_batch_size=args.global_batch_size, base_steps=args.megadoc_base_steps,
+        seed=args.seed, valid_prefixes=args.megadoc_valid_path, long_valid_prefixes=args.megadoc_long_valid_path,
+        path_to_cache=getattr(args, "data_cache_path", None))
+
+
+def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
+    """For `pretrain(train_valid_test_datasets_provider, ...)` in pretrain_gpt.py-style scripts (with
+    `extra_args_provider=megatron_lm_extra_args`); --train-iters must be the plan's."""
+    from megatron.training import get_args, get_tokenizer
+
+    train, valid, test = build_datasets(config_from_megatron_args(get_args()), get_tokenizer(),
+                                        train_samples=train_val_test_num_samples[0],
+                                        valid_samples=train_val_test_num_samples[1] or None)
+    return train, valid, test
+
+
+train_valid_test_datasets_provider.is_distributed = True
