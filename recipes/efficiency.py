@@ -16,8 +16,8 @@ registry holds several).
 
 The certificate is the paper's "convex tuning" check: the best run of a (method, G, real tokens) group is locally
 optimal when every +/-1 grid step neighbour in E, r, lr and wd has been run and none is better. Neighbours not yet
-in the registry are written to to_run.csv for the sweep helper; an optimum on the grid's edge is flagged, since the
-grid may need extending there.
+in the registry go to to_run.csv, named as the sweep helper (recipes/sweep.py) names runs. An optimum on the grid's
+edge is flagged, since the grid may need extending there.
 """
 
 import argparse
@@ -33,16 +33,14 @@ import orjson
 
 from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
+from megadoc_recipes.models import MODELS
 from megadoc_recipes.registry import REAL_ONLY, RunRecord, read_registry
+from megadoc_recipes.sweep import PAPER_GRID, Run
 
 MIN_FIT_POINTS = 4
-# The paper's final grid (PAPER.md §3, utils.py).
-GRIDS: dict[str, tuple[float, ...]] = {
-    "E": (1, 2, 4, 8, 16, 32),
-    "r": (0.5, 0.75, 0.9),
-    "lr": (1e-3, 3e-3, 1e-2),
-    "wd": (0.1, 0.4, 0.8, 1.6),
-}
+# The sweep helper's grid (the paper's final grid, PAPER.md §3), under the registry's column names.
+GRIDS: dict[str, tuple[float, ...]] = {"E": PAPER_GRID.real_epochs, "r": PAPER_GRID.synthetic_ratio,
+                                       "lr": PAPER_GRID.lr, "wd": PAPER_GRID.weight_decay}
 
 
 @dataclass(frozen=True)
@@ -237,6 +235,15 @@ def certify(group: list[RunRecord], best: RunRecord, loss_key: str,
     return certificate
 
 
+def sweep_name(best: RunRecord, neighbour: dict) -> str:
+    """The sweep helper's name for a neighbour to run, when the best run's recipe is one of its models."""
+    if best.recipe not in MODELS or not float(neighbour["E"]).is_integer():
+        return ""
+    stream = None if best.method == REAL_ONLY else f"{best.method}{best.G}"
+    return Run(best.recipe, int(neighbour["E"]), neighbour["lr"], neighbour["wd"], stream,
+               neighbour.get("r", 0.0)).name
+
+
 @dataclass(frozen=True)
 class EfficiencyConfig:
     """What `megadoc efficiency` reads and how it fits."""
@@ -358,9 +365,10 @@ def write_outputs(config: EfficiencyConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "efficiency.csv", rows,
                ["method", "G", "real_tokens", "run", "loss", "data_efficiency", "certified", *GRIDS])
-    to_run = [{"method": c.best.method, "G": c.best.G, "real_tokens": c.best.real_tokens,
-               **{axis: f"{value:g}" for axis, value in n.items()}} for c in certificates for n in c.to_run]
-    _write_csv(out / "to_run.csv", to_run, ["method", "G", "real_tokens", *GRIDS])
+    to_run = [{"method": c.best.method, "G": c.best.G, "real_tokens": c.best.real_tokens, "recipe": c.best.recipe,
+               **{axis: f"{value:g}" for axis, value in n.items()}, "run": sweep_name(c.best, n)}
+              for c in certificates for n in c.to_run]
+    _write_csv(out / "to_run.csv", to_run, ["method", "G", "real_tokens", "recipe", *GRIDS, "run"])
     laws = parameter_laws(read_registry(config.registry), config.loss_key)
     with atomic_write(out / "efficiency.md", "w") as handle:
         handle.write(_markdown(law, rows, certificates, laws, config))

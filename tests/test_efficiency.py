@@ -89,7 +89,8 @@ def test_efficiency_command_writes_table_plot_and_to_run(tmp_path, capsys):
                                    wd=1.6, iid_loss=L_BASE))
     for G, loss in ((2, 3.462), (32, 3.410)):
         record_run(registry, _run(f"s{G}", 16, 0.75, 3e-3, 0.4, loss, G=G))
-    record_run(registry, _run("b32", 32, 0.9, 1e-3, 0.4, 3.345, method="stitched"))
+    record_run(registry, RunRecord(run="b32", method="stitched", G=32, real_tokens=int(D_REAL), E=32, r=0.9, lr=1e-3,
+                                   wd=0.4, recipe="300m", iid_loss=3.345))
     out = tmp_path / "eff"
     code = main(["efficiency", "--registry", str(registry), "--output-dir", str(out),
                  "--alpha", "0.235", "--asymptote", "1.93"])
@@ -99,7 +100,9 @@ def test_efficiency_command_writes_table_plot_and_to_run(tmp_path, capsys):
     assert float(rows["stitched", "32"]["data_efficiency"]) == pytest.approx(1.80, abs=0.006)
     assert rows["stitched", "32"]["certified"] == "False"
     assert (out / "efficiency.png").stat().st_size > 0 and "locally optimal" in (out / "efficiency.md").read_text()
-    assert {"stitched", "simple", "real"} == {row["method"] for row in csv.DictReader((out / "to_run.csv").open())}
+    to_run = list(csv.DictReader((out / "to_run.csv").open()))
+    assert {"stitched", "simple", "real"} == {row["method"] for row in to_run}
+    assert "300m4k-203Mx16-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64" in {row["run"] for row in to_run}
     assert main(["efficiency", "--registry", str(registry), "--output-dir", str(out)]) == 1
     assert "needs 4, or pass --alpha and --asymptote" in capsys.readouterr().err
 
