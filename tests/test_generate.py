@@ -1,0 +1,248 @@
+"""`megadoc generate`: split points, post-processing, sharding, resume and bad inputs, on real vLLM (CPU).
+
+vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the "uni" executor): an engine starts in seconds, so the
+tiny random Llama can be started afresh where a test needs a fresh seed. One SmolLM2 case runs the real model.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+from megadoc.cli import main as cli_main  # noqa: E402
+from megadoc.corpus import iter_documents  # noqa: E402
+from megadoc.errors import MegadocError  # noqa: E402
+from megadoc.generate import (EngineConfig, GenerateConfig, load_exclude_ids, load_prompt,  # noqa: E402
+                              run_generate, shard_of)
+from megadoc.generations import iter_rows  # noqa: E402
+from megadoc.postprocess import boundaries, drop_reason, pieces, split_offsets, strip_preamble  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
+UNI = {"distributed_executor_backend": "uni"}
+
+
+def words(text):
+    return [m.start() for m in re.finditer(r"\S+", text)]
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+
+@pytest.mark.parametrize("g", [1, 2, 4, 8])
+def test_split_offsets_rebuild_and_balance(g):
+    for doc in iter_documents([str(SAMPLE40)]):
+        starts = words(doc.text)
+        offsets = split_offsets(doc.text, starts, g)
+        if offsets is None:
+            assert len(doc.text.split()) <= g
+            continue
+        assert len(offsets) == g and offsets == sorted(set(offsets)) and 0 < offsets[0] and offsets[-1] < len(doc.text)
+        assert "".join(pieces(doc.text, offsets)) == doc.text
+        if len(boundaries(doc.text)) >= 4 * g and len(starts) >= 200:  # enough boundaries to get close
+            sizes = [len(words(piece)) for piece in pieces(doc.text, offsets)]
+            assert max(sizes) <= 3 * len(starts) / (g + 1), sizes
+
+
+def test_split_offsets_at_sentence_boundaries():
+    text = "One two three. Four five six. Seven eight nine.\n\nTen eleven twelve. Thirteen."
+    offsets = split_offsets(text, words(text), 2)
+    assert offsets == [text.index("Four"), text.index("Ten")]  # nearest boundaries to 13/3 and 26/3 words
+    assert split_offsets("too short", words("too short"), 4) is None
+    assert split_offsets("a b c", words("a b c"), 2) == [2, 4]  # word fallback
+
+
+def test_strip_preamble_and_drops():
+    assert strip_preamble("Here is the rephrased article:\n\nThe cat sat.") == "The cat sat."
+    assert strip_preamble("Sure! Here's a rewritten version of the document:\nBody.") == "Body."
+    assert strip_preamble("Rephrased article: The cat sat.") == "The cat sat."
+    assert strip_preamble("The cat sat. Here is why: it was tired.") == "The cat sat. Here is why: it was tired."
+    assert drop_reason("   ") == "empty"
+    assert drop_reason("the cat sat on the mat " * 20) == "repetitive"
+    assert drop_reason(" ".join(f"word{i}" for i in range(100))) is None
+
+
+def test_shard_assignment_is_a_partition():
+    ids = [doc.id for doc in iter_documents([str(SAMPLE40)])]
+    for k in (1, 3, 7):
+        shards = [[i for i in ids if shard_of(i, k) == s] for s in range(k)]
+        assert sorted(sum(shards, [])) == sorted(ids)
+        assert shards == [[i for i in ids if shard_of(i, k) == s] for s in range(k)]  # deterministic
+
+
+def test_prompts_and_exclude_ids(tmp_path):
+    for name in ("wikipedia", "qa", "plain"):
+        assert "{text}" in load_prompt(name, "rephrase").user
+    assert "{suffix}" in load_prompt("latent_thoughts", "rationale").user
+    assert load_prompt("wikipedia", "rephrase").messages(text="{x}")[1]["content"].count("{x}") == 1
+    with pytest.raises(MegadocError, match="not a 'rephrase'"):
+        load_prompt("latent_thoughts", "rephrase")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("user: 'no placeholder'\n")
+    with pytest.raises(MegadocError, match="lacks"):
+        load_prompt(str(bad), "rephrase")
+    (tmp_path / "ids.txt").write_text("a\n\n b \n")
+    (tmp_path / "ids.json").write_text('["a", 3]')
+    assert load_exclude_ids(str(tmp_path / "ids.txt")) == {"a", "b"}
+    assert load_exclude_ids(str(tmp_path / "ids.json")) == {"a", "3"}
+
+
+# ------------------------------------------------------------------------------------------ bad inputs (no engine)
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random 2-layer Llama (hidden 64, 2 heads of 32) with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from megadoc.models import default_model_dir
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def _cli(*args):
+    return cli_main(["generate", *map(str, args)])
+
+
+def test_bad_inputs(tmp_path, tiny_model, capsys):
+    base = ["rephrase", "--output", tmp_path / "out", "--model", tiny_model]
+    assert _cli(*base, "--input", tmp_path / "missing.jsonl") == 1
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    (tmp_path / "notamodel").mkdir()
+    assert _cli("rephrase", "--output", tmp_path / "o", "--input", SAMPLE40, "--model", tmp_path / "notamodel") == 1
+    assert "not a model directory" in capsys.readouterr().err
+    assert _cli(*base, "--input", SAMPLE40, "-G", "0") == 1
+    assert "-G/--num-generations must be >= 1" in capsys.readouterr().err
+    assert _cli(*base, "--input", SAMPLE40, "--max-tokens", "5000") == 1
+    assert "does not fit the context" in capsys.readouterr().err
+    assert _cli("status", tmp_path / "nothing") == 1
+    assert "not a generation directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ real vLLM
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model):
+    from megadoc.generate import Engine
+
+    return Engine(EngineConfig(model=tiny_model, seed=0, extra=UNI))
+
+
+def _config(tmp_path, kind="rephrase", **kw):
+    kw = {"g": 3, "max_tokens": 16, "chunk_docs": 8, **kw}
+    return GenerateConfig(kind=kind, inputs=[str(SAMPLE40)], output=str(tmp_path / kind), **kw)
+
+
+def test_rephrase_shards_cover_every_document_with_g_generations(tmp_path, tiny_engine, capsys):
+    ids = [doc.id for doc in iter_documents([str(SAMPLE40)])]
+    (tmp_path / "exclude.txt").write_text(f"{ids[0]}\n{ids[1]}\n")
+    summaries = [run_generate(_config(tmp_path, num_shards=2, shard_index=i, exclude_ids=str(tmp_path / "exclude.txt")),
+                              EngineConfig(model=tiny_engine.model), engine=tiny_engine) for i in range(2)]
+    rows = list(iter_rows(str(tmp_path / "rephrase")))
+    keys = Counter((row["doc_id"], row["index"]) for row in rows)
+    assert max(keys.values()) == 1  # no duplicates
+    drops = sum(v for s in summaries for k, v in s.items() if k.startswith("drop:"))
+    assert len(rows) + drops == 3 * 38
+    assert {row["doc_id"] for row in rows} <= set(ids[2:])
+    assert sum(s["docs"] for s in summaries) == 38 and sum(s["excluded_docs"] for s in summaries) == 2
+    assert all(0 <= row["index"] < 3 and row["finish_reason"] in ("stop", "length") for row in rows)
+    assert len({row["params_hash"] for row in rows}) == 1
+    assert _cli("status", tmp_path / "rephrase") == 0
+    assert "2/2 shards complete; documents 38" in capsys.readouterr().out
+    with pytest.raises(MegadocError, match="different temperature"):
+        run_generate(_config(tmp_path, num_shards=2, temperature=0.5, exclude_ids=str(tmp_path / "exclude.txt")),
+                     EngineConfig(model=tiny_engine.model), engine=tiny_engine)
+
+
+def test_rationale_offsets_rebuild_documents(tmp_path, tiny_engine):
+    run_generate(_config(tmp_path, "rationale"), EngineConfig(model=tiny_engine.model), engine=tiny_engine)
+    by_doc = {}
+    for row in iter_rows(str(tmp_path / "rationale")):
+        by_doc.setdefault(row["doc_id"], {})[row["index"]] = row["split_offset"]
+    docs = {doc.id: doc.text for doc in iter_documents([str(SAMPLE40)])}
+    assert len(by_doc) >= 35
+    for doc_id, offsets in by_doc.items():
+        text = docs[doc_id]
+        expected = split_offsets(text, tiny_engine.token_starts(text), 3)
+        assert all(expected[i] == offset for i, offset in offsets.items())
+        assert "".join(pieces(text, expected)) == text
+
+
+def test_resume_skips_committed_chunks_and_removes_uncommitted(tmp_path, tiny_engine):
+    first = run_generate(_config(tmp_path, limit=16), EngineConfig(model=tiny_engine.model), engine=tiny_engine)
+    assert first["docs"] == 16 and first["chunks"] == 2
+    shard = tmp_path / "rephrase" / "shard-00000-of-00001"
+    # What a kill between writing a chunk and listing it leaves behind, and a half-written file.
+    (shard / "chunk-00002.parquet").write_bytes((shard / "chunk-00000.parquet").read_bytes())
+    (shard / "chunk-00003.parquet.tmp").write_bytes(b"partial")
+    summary = run_generate(_config(tmp_path), EngineConfig(model=tiny_engine.model), engine=tiny_engine)
+    rows = list(iter_rows(str(tmp_path / "rephrase")))
+    keys = Counter((row["doc_id"], row["index"]) for row in rows)
+    assert max(keys.values()) == 1
+    assert summary["docs"] == 40 and len(rows) + sum(v for k, v in summary.items() if k.startswith("drop:")) == 120
+    assert not list(shard.glob("*.tmp"))
+
+
+def test_same_seed_same_output(tmp_path, tiny_model):
+    from megadoc.generate import Engine
+
+    texts = []
+    for run in range(2):
+        engine = Engine(EngineConfig(model=tiny_model, seed=7, extra=UNI))
+        run_generate(_config(tmp_path / str(run), limit=8), EngineConfig(model=tiny_model), engine=engine)
+        texts.append([(r["doc_id"], r["index"], r["text"]) for r in iter_rows(str(tmp_path / str(run) / "rephrase"))])
+        del engine
+    assert texts[0] == texts[1] and len(texts[0]) > 0
+
+
+def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, tiny_model):
+    out = tmp_path / "gen"
+    command = [sys.executable, "-m", "megadoc.cli", "generate", "rephrase", "--input", str(SAMPLE40), "--output",
+               str(out), "--model", tiny_model, "-G", "2", "--max-tokens", "64", "--chunk-docs", "2",
+               "--engine-arg", "distributed_executor_backend=uni", "--engine-arg", "max_num_seqs=2"]
+    manifest = out / "shard-00000-of-00001" / "manifest.json"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not json.loads(manifest.read_text())["complete"]
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    rows = list(iter_rows(str(out)))
+    keys = Counter((row["doc_id"], row["index"]) for row in rows)
+    drops = sum(v for c in json.loads(manifest.read_text())["chunks"] for k, v in c.items() if k.startswith("drop:"))
+    assert max(keys.values()) == 1 and len(rows) + drops == 80
+
+
+def test_smollm2_rephrase_and_rationale(tmp_path):
+    """The embedded real model, end to end through the CLI defaults (2 documents, short generations)."""
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text("".join(line for line in list(open(SAMPLE40))[:2]))
+    for kind in ("rephrase", "rationale"):
+        assert _cli(kind, "--input", corpus, "--output", tmp_path / kind, "-G", "2", "--max-tokens", "24",
+                    "--max-model-len", "2048", "--engine-arg", "distributed_executor_backend=uni") == 0
+        rows = list(iter_rows(str(tmp_path / kind)))
+        assert rows and all(row["model"].endswith("SmolLM2-135M-Instruct") for row in rows)
+        assert all(re.search(r"[A-Za-z]{3}", row["text"]) for row in rows)
