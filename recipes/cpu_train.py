@@ -11,18 +11,20 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_recipes.models import MODELS, OptimizerRecipe, ParallelRecipe, TrainingRecipe
+from megadoc_recipes.models import MODELS, ModelRecipe, OptimizerRecipe, ParallelRecipe, TrainingRecipe
 
 LOG_NAME = "train_log.jsonl"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
+RECIPE_NAME = "megadoc_recipe.json"
 
 
 def add_arguments(parser) -> None:
@@ -298,6 +300,27 @@ def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
     return TrainState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
 
 
+def save_recipe(save_dir: str, recipe: TrainingRecipe) -> None:
+    """<save>/megadoc_recipe.json: the model shape, vocabulary and layout, so `megadoc eval` needs only --load."""
+    if torch.distributed.get_rank() == 0:
+        with atomic_write(Path(save_dir) / RECIPE_NAME, "w") as handle:
+            json.dump(asdict(recipe), handle, indent=2)
+
+
+def load_recipe(checkpoint_dir: str) -> TrainingRecipe:
+    """The TrainingRecipe `megadoc train` saved beside its checkpoints."""
+    path = Path(checkpoint_dir) / RECIPE_NAME
+    try:
+        data = json.loads(path.read_text())
+        return TrainingRecipe(**{**data, "model": ModelRecipe(**data["model"]),
+                                 "optimizer": OptimizerRecipe(**data["optimizer"]),
+                                 "parallel": ParallelRecipe(**data["parallel"])})
+    except FileNotFoundError:
+        raise MegadocError(f"{path}: missing (megadoc train writes it with each checkpoint)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MegadocError(f"{path}: not a megadoc recipe ({error})") from None
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -371,6 +394,7 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
                     log.write(json.dumps(record) + "\n")
         if save and (state.iteration == train_iters or (save_interval and state.iteration % save_interval == 0)):
             save_checkpoint(save, model, optimizer, state)
+            save_recipe(save, recipe)
     return records
 
 

@@ -1,0 +1,378 @@
+"""`megadoc eval`: i.i.d. loss, loss by token position and short-document loss of a `megadoc train` checkpoint.
+
+The model's shape, vocabulary and context come from the checkpoint folder (`megadoc_recipe.json`, written by
+`megadoc train`), never from flags, so a checkpoint cannot be evaluated as a model it is not. Only the weights are
+loaded (dist_checkpointing, resharded to this run's TP x PP: a TP=2 checkpoint evaluates at TP=1). Each validation
+set is a Megatron .bin/.idx prefix:
+
+- i.i.d. (`--valid-path`) and short documents (`--short-valid-path`): the documents packed into seq_length windows
+  exactly as training packs them (a Megatron-Core GPTDataset over the prefix, one epoch, every window once,
+  documents shuffled and concatenated with their EODs, cross-document attention on, no EOD masking); the loss is
+  the token-weighted mean cross-entropy over all windows.
+- long documents (`--long-valid-path`): loss by token position, where the position is the token's position IN ITS
+  DOCUMENT: one window per document of >= seq_length + 1 tokens, taken from the document's first token; shorter
+  documents are skipped and counted. PAPER.md §5/§8 leaves the paper's long-context metric open; this is our
+  choice, so the curve shows what a model gains from more of the same document as context. `long_loss` is the
+  mean over the whole curve, `mean_beyond[k]` the mean over positions >= k.
+
+A "document" is a sequence of the indexed dataset: `megadoc tokenize` writes one per document (a megadoc's parts
+included), and Megatron-Core's GPTDataset treats sequences as its documents too.
+
+Forward passes go through Megatron-Core's pipeline schedule (forward only), so the same code runs at any TP x PP
+x DP under torchrun; per-token losses are summed by position on the last pipeline stage and reduced over the
+data-parallel ranks, and one rank writes eval.json and loss_by_position.json/.png (atomically) and the registry row.
+"""
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from megadoc.atomic import atomic_write
+from megadoc.errors import MegadocError
+from megadoc_recipes.cpu_train import TRACKER_NAME, VocabOnlyTokenizer, build_model, init_distributed, load_recipe
+from megadoc_recipes.metrics import LossAccumulator, save_curve
+from megadoc_recipes.models import ParallelRecipe, TrainingRecipe, padded_vocab_size
+from megadoc_recipes.registry import read_registry, update_run
+
+EVAL_JSON, CURVE_JSON, CURVE_PNG = "eval.json", "loss_by_position.json", "loss_by_position.png"
+SEED = 1234
+"""GPTDataset's document shuffle for the packed sets (fixed, so every evaluation packs the same windows) and the
+RNG tracker's seed (no dropout in evaluation; Megatron-Core wants the states anyway)."""
+MICROBATCHES_PER_CALL = 8
+"""Micro-batches per pipeline-schedule call (enough to fill a pipeline; the progress bar moves per call)."""
+UINT16_MAX_VOCAB = 65_500
+"""Megatron-LM writes tokens as uint16 below this vocabulary size, else int32."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--load", required=True, help="checkpoint folder of megadoc train (its latest checkpoint)")
+    parser.add_argument("--valid-path", required=True, help=".bin/.idx prefix of the i.i.d. validation documents")
+    parser.add_argument("--long-valid-path", help="prefix of the long documents (loss by token position)")
+    parser.add_argument("--short-valid-path", help="prefix of the short documents")
+    parser.add_argument("--output-dir", required=True, help="writes eval.json, loss_by_position.json and .png")
+    parser.add_argument("--micro-batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--bucket-size", type=int, default=64, help="token positions per bucket of the curve")
+    parser.add_argument("--beyond", type=int, nargs="+", help="report the mean loss over positions >= each K "
+                        "(default: seq_length // 2)")
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    parser.add_argument("--registry", help="runs registry CSV: set this run's losses and curve (needs --run)")
+    parser.add_argument("--run", help="the run's name in the registry")
+    parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `megadoc eval` evaluates, on what, and where the results go."""
+
+    load: str
+    """Checkpoint folder of `megadoc train`: latest_checkpointed_iteration.txt, iter_NNNNNNN/, megadoc_recipe.json."""
+    valid_path: str
+    """Prefix of the i.i.d. validation documents."""
+    output_dir: str
+    """Folder for eval.json, loss_by_position.json and loss_by_position.png."""
+    long_valid_path: str | None = None
+    """Prefix of the long validation documents (loss by token position); None: no curve."""
+    short_valid_path: str | None = None
+    """Prefix of the short validation documents; None: no short-document loss."""
+    micro_batch_size: int = 4
+    """Windows per forward pass on one data-parallel rank."""
+    bucket_size: int = 64
+    """Token positions averaged into one point of the curve."""
+    beyond: tuple[int, ...] | None = None
+    """Positions k for `mean_beyond[k]`; None: seq_length // 2."""
+    parallel: ParallelRecipe = field(default_factory=ParallelRecipe)
+    """TP x PP of this run (need not match training's)."""
+    registry: str | None = None
+    """Runs registry CSV whose row `run` gets the losses and the curve's path."""
+    run: str | None = None
+    """The run's name in the registry."""
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def checkpoint_path(load_dir: str) -> tuple[int, Path]:
+    """(iteration, folder) of the latest checkpoint under load_dir."""
+    tracker = Path(load_dir) / TRACKER_NAME
+    if not tracker.is_file():
+        raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc train checkpoint folder)")
+    try:
+        iteration = int(tracker.read_text())
+    except ValueError:
+        raise MegadocError(f"{tracker}: not an iteration number") from None
+    path = Path(load_dir) / f"iter_{iteration:07d}"
+    if not path.is_dir():
+        raise MegadocError(f"{path}: missing (named by {tracker})")
+    return iteration, path
+
+
+def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRecipe:
+    """The trained recipe laid out as `parallel`, its vocabulary padded exactly as in training: the softmax spans
+    the padding rows, and the checkpoint's embeddings have them."""
+    padded = padded_vocab_size(recipe.vocab_size, recipe.parallel.tensor_model_parallel_size)
+    if padded_vocab_size(padded, parallel.tensor_model_parallel_size) != padded:
+        raise MegadocError(f"the checkpoint's padded vocabulary ({padded}) does not split over "
+                           f"TP={parallel.tensor_model_parallel_size}")
+    return replace(recipe, vocab_size=padded, parallel=parallel)
+
+
+def open_prefix(prefix: str, vocab_size: int):
+    """The IndexedDataset of a prefix, checked against the checkpoint's vocabulary."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if not Path(prefix + ".idx").is_file() or not Path(prefix + ".bin").is_file():
+        raise MegadocError(f"{prefix}: no .bin/.idx pair with this prefix")
+    try:
+        indexed = IndexedDataset(prefix, multimodal=False)
+    except (AssertionError, ValueError, OSError, KeyError) as error:
+        raise MegadocError(f"{prefix}: not a Megatron indexed dataset ({error})") from None
+    dtype = np.dtype(indexed.index.dtype)
+    if dtype == np.uint16 and vocab_size >= UINT16_MAX_VOCAB:
+        raise MegadocError(f"{prefix}: uint16 tokens, so written with a vocabulary below {UINT16_MAX_VOCAB}; the "
+                           f"checkpoint's has {vocab_size} (another tokenizer?)")
+    if Path(prefix + ".bin").stat().st_size:
+        top = int(np.memmap(prefix + ".bin", dtype=dtype, mode="r").max())
+        if top >= vocab_size:
+            raise MegadocError(f"{prefix}: token id {top} is outside the checkpoint's vocabulary of {vocab_size} "
+                               "(another tokenizer?)")
+    return indexed
+
+
+def packed_windows(indexed, prefix: str, seq_length: int, vocab_size: int):
+    """Every seq_length window of the prefix once, packed as training packs (one GPTDataset epoch)."""
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import Split
+
+    tokens = int(indexed.sequence_lengths.sum())
+    if tokens < seq_length + 1:
+        raise MegadocError(f"{prefix}: {tokens} tokens, fewer than one window of seq_length + 1 = {seq_length + 1}")
+    config = GPTDatasetConfig(
+        random_seed=SEED, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
+        path_to_cache="",  # "" (not None): build the indices in memory on every rank, never beside the data
+        tokenizer=VocabOnlyTokenizer(vocab_size), reset_position_ids=False, reset_attention_mask=False,
+        eod_mask_loss=False, create_attention_mask=False)
+    return GPTDataset(indexed, prefix, np.arange(len(indexed), dtype=np.int32), None, Split.train, config)
+
+
+class DocumentStartWindows(torch.utils.data.Dataset):
+    """One window per document of >= seq_length + 1 tokens, from the document's first token (window position ==
+    position in the document); shorter documents are skipped and counted."""
+
+    def __init__(self, indexed, prefix: str, seq_length: int):
+        self.indexed, self.seq_length = indexed, seq_length
+        self.documents = np.flatnonzero(indexed.sequence_lengths >= seq_length + 1)
+        self.skipped = len(indexed) - len(self.documents)
+        if not len(self.documents):
+            raise MegadocError(f"{prefix}: none of its {len(indexed)} documents has seq_length + 1 = "
+                               f"{seq_length + 1} tokens")
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, index: int) -> dict:
+        text = self.indexed.get(int(self.documents[index]), offset=0, length=self.seq_length + 1)
+        text = torch.from_numpy(text.astype(np.int64))
+        return {"tokens": text[:-1], "labels": text[1:], "loss_mask": torch.ones(self.seq_length)}
+
+
+def validation_windows(kind: str, prefix: str, recipe: TrainingRecipe):
+    """The windows of one validation set: packed (iid, short) or one per long document from its start (long)."""
+    indexed = open_prefix(prefix, recipe.vocab_size)
+    if kind == "long":
+        return DocumentStartWindows(indexed, prefix, recipe.model.seq_length)
+    return packed_windows(indexed, prefix, recipe.model.seq_length, recipe.vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+def load_weights(model, load_dir: str) -> int:
+    """The latest checkpoint's model weights (no optimizer or RNG state) into `model`; returns its iteration."""
+    from megatron.core import dist_checkpointing
+
+    iteration, path = checkpoint_path(load_dir)
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    model.load_state_dict(loaded["model"])
+    return iteration
+
+
+def _token_losses(mask: torch.Tensor, output: torch.Tensor):
+    """The schedule's loss function: keep every token's loss (and which tokens count) for the accumulator."""
+    losses = output.detach().float()
+    return losses.sum(), {"loss": losses.cpu().numpy(), "mask": mask.numpy()}
+
+
+def _forward_step(batches, model):
+    batch = next(batches)
+    output = model(batch["tokens"].cuda(), batch["position_ids"].cuda(), None, labels=batch["labels"].cuda())
+    return output, partial(_token_losses, batch["mask"])
+
+
+def _batch(windows, indices: list[int]) -> dict:
+    """Stack windows into a micro-batch; index -1 pads a short last batch with a window whose loss is not counted."""
+    samples = [windows[i if i >= 0 else indices[0]] for i in indices]
+    tokens = torch.stack([s["tokens"] for s in samples])
+    counted = torch.tensor([i >= 0 for i in indices]).unsqueeze(1)
+    return {"tokens": tokens, "labels": torch.stack([s["labels"] for s in samples]),
+            "position_ids": torch.arange(tokens.shape[1]).expand_as(tokens),
+            "mask": torch.stack([s["loss_mask"] for s in samples]).bool() & counted}
+
+
+def micro_batches(num_windows: int, micro_batch_size: int, dp_rank: int, dp_size: int) -> list[list[int]]:
+    """This data-parallel rank's micro-batches of window indices (every window once over all ranks)."""
+    padded = -(-num_windows // micro_batch_size) * micro_batch_size
+    indices = [i if i < num_windows else -1 for i in range(padded)]
+    batches = [indices[i:i + micro_batch_size] for i in range(0, padded, micro_batch_size)]
+    return batches[dp_rank::dp_size]
+
+
+def loss_by_position(model, windows, seq_length: int, micro_batch_size: int, desc: str,
+                     progress: bool) -> LossAccumulator | None:
+    """Per-token cross-entropy of every window summed by window position, over all data-parallel ranks; on the
+    last pipeline stage (None elsewhere)."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
+    from tqdm import tqdm
+
+    batches = micro_batches(len(windows), micro_batch_size, parallel_state.get_data_parallel_rank(),
+                            parallel_state.get_data_parallel_world_size())
+    last_stage = parallel_state.is_pipeline_last_stage()
+    accumulator = LossAccumulator(seq_length)
+    positions = np.tile(np.arange(seq_length), micro_batch_size)
+    bar = tqdm(total=sum(i >= 0 for b in batches for i in b), desc=desc, unit="window", disable=not progress)
+    for start in range(0, len(batches), MICROBATCHES_PER_CALL):
+        chunk = batches[start:start + MICROBATCHES_PER_CALL]
+        with torch.no_grad():
+            outputs = get_forward_backward_func()(
+                forward_step_func=_forward_step, data_iterator=(_batch(windows, b) for b in chunk), model=[model],
+                num_microbatches=len(chunk), seq_length=seq_length, micro_batch_size=micro_batch_size,
+                forward_only=True)
+        if last_stage:
+            for output in outputs:
+                accumulator.add(output["loss"], positions, output["mask"])
+        bar.update(sum(i >= 0 for b in chunk for i in b))
+    bar.close()
+    if not last_stage:
+        return None
+    group = parallel_state.get_data_parallel_group()
+    for array in (accumulator.loss_sum, accumulator.count):
+        total = torch.from_numpy(array.copy()).cuda()
+        torch.distributed.all_reduce(total, group=group)
+        array[:] = total.cpu().numpy()
+    return accumulator
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+def plot_curve(curve, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(start + curve.bucket_size / 2, loss) for start, loss in zip(curve.bucket_starts, curve.loss)
+              if loss is not None]
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot(*zip(*points), marker=".")
+    axes.set(xlabel="token position in the document", ylabel="loss (long documents)", title=title)
+    figure.tight_layout()
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
+
+
+def record_results(config: EvalConfig, results: dict) -> None:
+    """Set the run's losses (and curve path, relative to the registry's folder) in the runs registry."""
+    fields = {key: results[key] for key in ("iid_loss", "long_loss", "short_loss") if key in results}
+    if "long_loss" in results:
+        curve = Path(config.output_dir).resolve() / CURVE_JSON
+        fields["loss_by_position"] = os.path.relpath(curve, Path(config.registry).resolve().parent)
+    update_run(config.registry, config.run, **fields)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def check_config(config: EvalConfig, seq_length: int) -> tuple[int, ...]:
+    """Bad flags, before any model is built; the positions k of mean_beyond."""
+    if bool(config.registry) != bool(config.run):
+        raise MegadocError("--registry and --run go together")
+    if config.registry and config.run not in {run.run for run in read_registry(config.registry)}:
+        raise MegadocError(f"{config.registry}: no run named {config.run!r} in the registry")
+    if config.micro_batch_size < 1 or config.bucket_size < 1:
+        raise MegadocError("--micro-batch-size and --bucket-size must be >= 1")
+    beyond = tuple(config.beyond) if config.beyond else (seq_length // 2,)
+    if not all(0 <= k < seq_length for k in beyond):
+        raise MegadocError(f"--beyond: positions run 0..{seq_length - 1}, got {' '.join(map(str, beyond))}")
+    return beyond
+
+
+def evaluate(config: EvalConfig) -> dict | None:
+    """Evaluate the checkpoint; the results on the rank that writes them (None on the others)."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megadoc_recipes import device_shim
+
+    checkpoint_path(config.load)
+    trained = load_recipe(config.load)
+    seq_length = trained.model.seq_length
+    beyond = check_config(config, seq_length)
+    recipe = eval_recipe(trained, config.parallel)
+    sets = {"iid": config.valid_path, "short": config.short_valid_path, "long": config.long_valid_path}
+    windows = {name: validation_windows(name, prefix, trained) for name, prefix in sets.items() if prefix}
+
+    device_shim.activate()
+    init_distributed(recipe.parallel)
+    model_parallel_cuda_manual_seed(SEED)
+    writer = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+              and parallel_state.get_data_parallel_rank() == 0)
+
+    model = build_model(recipe)
+    iteration = load_weights(model, config.load)
+    model.eval()
+    sums = {name: loss_by_position(model, sample, seq_length, config.micro_batch_size, name, writer)
+            for name, sample in windows.items()}
+    if not writer:
+        return None
+
+    results = {"checkpoint": str(Path(config.load).resolve()), "iteration": iteration, "recipe": trained.model.name,
+               "seq_length": seq_length}
+    for name, accumulator in sums.items():
+        results.update({f"{name}_loss": accumulator.mean(), f"{name}_tokens": accumulator.tokens,
+                        f"{name}_windows": len(windows[name]), f"{name}_prefix": sets[name]})
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if "long" in sums:
+        curve = sums["long"].curve(config.bucket_size, beyond)
+        results.update({"long_skipped_documents": int(windows["long"].skipped),
+                        "mean_beyond": {str(k): v for k, v in curve.mean_beyond.items()}})
+        save_curve(curve, out / CURVE_JSON)
+        plot_curve(curve, out / CURVE_PNG, f"{trained.model.name}, iteration {iteration}")
+    with atomic_write(out / EVAL_JSON) as handle:
+        handle.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if config.registry:
+        record_results(config, results)
+    return results
+
+
+def run(args) -> int:
+    config = EvalConfig(
+        load=args.load, valid_path=args.valid_path, output_dir=args.output_dir, long_valid_path=args.long_valid_path,
+        short_valid_path=args.short_valid_path, micro_batch_size=args.micro_batch_size, bucket_size=args.bucket_size,
+        beyond=tuple(args.beyond) if args.beyond else None,
+        parallel=ParallelRecipe(args.tensor_model_parallel_size, args.pipeline_model_parallel_size),
+        registry=args.registry, run=args.run)
+    results = evaluate(config)
+    if results is not None:
+        print(orjson.dumps({k: v for k, v in results.items() if k.endswith("_loss")}).decode(), flush=True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return 0
