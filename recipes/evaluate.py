@@ -113,13 +113,14 @@ def checkpoint_path(load_dir: str) -> tuple[int, Path]:
 
 
 def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRecipe:
-    """The trained recipe laid out as `parallel`, its vocabulary padded exactly as in training: the softmax spans
-    the padding rows, and the checkpoint's embeddings have them."""
+    """The trained recipe laid out as `parallel`, computing in fp32 (a measurement: no bf16 rounding in the
+    differences between runs), its vocabulary padded exactly as in training (the softmax spans the padding rows,
+    and the checkpoint's embeddings have them)."""
     padded = padded_vocab_size(recipe.vocab_size, recipe.parallel.tensor_model_parallel_size)
     if padded_vocab_size(padded, parallel.tensor_model_parallel_size) != padded:
         raise MegadocError(f"the checkpoint's padded vocabulary ({padded}) does not split over "
                            f"TP={parallel.tensor_model_parallel_size}")
-    return replace(recipe, vocab_size=padded, parallel=parallel)
+    return replace(recipe, vocab_size=padded, parallel=parallel, bf16=False)
 
 
 def open_prefix(prefix: str, vocab_size: int):
@@ -335,7 +336,7 @@ def evaluate(config: EvalConfig) -> dict | None:
     writer = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
               and parallel_state.get_data_parallel_rank() == 0)
 
-    model = build_model(recipe)
+    model = build_model(recipe).cuda()  # layers Megatron-Core does not place itself (RMSNorm) are made on the CPU
     iteration = load_weights(model, config.load)
     model.eval()
     sums = {name: loss_by_position(model, sample, seq_length, config.micro_batch_size, name, writer)
