@@ -62,7 +62,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     parser.add_argument("--registry", help="runs registry CSV: set this run's losses and curve (needs --run)")
-    parser.add_argument("--run", help="the run's name in the registry")
+    # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
+    parser.add_argument("--run-name", "--run", dest="run", help="the run's name in the registry")
     parser.set_defaults(func=run)
 
 
