@@ -5,7 +5,9 @@ its evaluation lands (rows are keyed by run name, so the second call updates the
 a person can read and fix it by hand; it is small (one row per run). Rewrites go through a temp file and a rename.
 """
 
+import contextlib
 import csv
+import fcntl
 import io
 import os
 from dataclasses import dataclass, fields, replace
@@ -107,20 +109,31 @@ def write_registry(path: str | os.PathLike, runs: list[RunRecord]) -> None:
             writer.writerow([_format(getattr(run, name)) for name in COLUMNS])
 
 
+@contextlib.contextmanager
+def _locked(path: str | os.PathLike):
+    """Hold `<path>.lock` exclusively: one pipeline's training and evaluation jobs run at once (e.g. under Slurm) and
+    each rewrites the registry; without the lock two writers share the temp file and one run's row is lost."""
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def record_run(path: str | os.PathLike, run: RunRecord) -> None:
     """Add `run` (at launch), or replace the row of the same name."""
-    runs = [existing for existing in _read_if_any(path) if existing.run != run.run]
-    write_registry(path, runs + [run])
+    with _locked(path):
+        runs = [existing for existing in _read_if_any(path) if existing.run != run.run]
+        write_registry(path, runs + [run])
 
 
 def update_run(path: str | os.PathLike, name: str, **results) -> RunRecord:
     """Set fields (e.g. iid_loss=..., loss_by_position=...) of a recorded run, once its evaluation lands."""
-    runs = _read_if_any(path)
-    index = next((i for i, run in enumerate(runs) if run.run == name), None)
-    if index is None:
-        raise MegadocError(f"{path}: no run named {name!r} in the registry")
-    runs[index] = replace(runs[index], **results)
-    write_registry(path, runs)
+    with _locked(path):
+        runs = _read_if_any(path)
+        index = next((i for i, run in enumerate(runs) if run.run == name), None)
+        if index is None:
+            raise MegadocError(f"{path}: no run named {name!r} in the registry")
+        runs[index] = replace(runs[index], **results)
+        write_registry(path, runs)
     return runs[index]
 
 
