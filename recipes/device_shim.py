@@ -47,8 +47,10 @@ class CpuDeviceMode(TorchFunctionMode):
             return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs:
             kwargs["device"] = _to_cpu(kwargs["device"])
-        if func in (torch.Tensor.to, torch.Tensor.new_empty, torch.Tensor.new_zeros) or func is torch.device:
-            args = tuple(_to_cpu(a) if i > 0 or func is torch.device else a for i, a in enumerate(args))
+        if func is torch.device and args and _to_cpu(args[0]) != args[0]:
+            args = ("cpu",)  # torch.device("cuda", 1) / torch.device(0); torch.device("cpu", 0) stays as it is
+        if func in (torch.Tensor.to, torch.Tensor.new_empty, torch.Tensor.new_zeros):
+            args = tuple(_to_cpu(a) if i > 0 else a for i, a in enumerate(args))
         return func(*args, **kwargs)
 
 

@@ -140,15 +140,12 @@ def padded_vocab_size(vocab_size: int, tensor_model_parallel_size: int = 1, divi
     return -(-vocab_size // multiple) * multiple
 
 
-def transformer_config(recipe: TrainingRecipe, cpu: bool = False):
-    """The Megatron-Core TransformerConfig of a recipe; `cpu` builds fp32 weights on the CPU."""
-    import torch
+def llama_architecture(model: ModelRecipe) -> dict:
+    """The TransformerConfig fields of a model: its dimensions and the Llama style every paper model shares
+    (Megatron-Core's trainer and the Megatron-Bridge recipes both build from this)."""
     import torch.nn.functional as F
-    from megatron.core.transformer.transformer_config import TransformerConfig
 
-    model, parallel = recipe.model, recipe.parallel
-    bf16 = recipe.bf16 and not cpu
-    return TransformerConfig(
+    return dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
@@ -162,6 +159,18 @@ def transformer_config(recipe: TrainingRecipe, cpu: bool = False):
         init_method_std=0.02,
         hidden_dropout=0.0,
         attention_dropout=0.0,
+    )
+
+
+def transformer_config(recipe: TrainingRecipe, cpu: bool = False):
+    """The Megatron-Core TransformerConfig of a recipe; `cpu` builds fp32 weights on the CPU."""
+    import torch
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    model, parallel = recipe.model, recipe.parallel
+    bf16 = recipe.bf16 and not cpu
+    return TransformerConfig(
+        **llama_architecture(model),
         bf16=bf16,
         params_dtype=torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,

@@ -9,12 +9,18 @@ from dataclasses import dataclass
 from megadoc_data.config import MegadocBlendConfig
 
 try:
-    from megatron.bridge.training.config import DatasetProvider
+    from megatron.bridge.data.base import DatasetProvider
+    from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
 except ImportError:  # Megatron-Bridge not installed
 
     @dataclass
     class DatasetProvider:
-        """Stand-in for megatron.bridge.training.config.DatasetProvider."""
+        """Stand-in for megatron.bridge.data.base.DatasetProvider."""
+
+else:
+    # ConfigContainer.from_yaml instantiates only allowlisted `_target_`s: allow this provider and its config.
+    register_allowed_target_prefix("megadoc_data.bridge")
+    register_allowed_target_prefix("megadoc_data.config")
 
 
 @dataclass

@@ -1,0 +1,183 @@
+"""The Megatron-Bridge recipes on the real Megatron-Bridge 0.6.2 (run in .venv312 by tests/test_bridge.py).
+
+The 300M recipe has the paper's dimensions (parameter count checked on a real Megatron-Core GPTModel built by
+Bridge's provider, on the meta device), optimizer and schedule; configs round-trip through YAML and take Hydra-style
+overrides that keep the megadoc plan and the trainer in step; and Bridge's own `pretrain` trains the tiny recipe on
+the CPU at TP=2 through the megadoc DatasetProvider on a real tokenized blend, building exactly the planned counts.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+
+from megadoc.errors import MegadocError
+from megadoc_data.bridge import MegadocDatasetProvider
+from megadoc_data.config import MegadocBlendConfig
+from megadoc_data.plan import plan_from_data
+from megadoc_recipes.bridge_recipes import apply_overrides, megadoc_300m_pretrain_config, pretrain_config
+from megadoc_recipes.models import MODELS
+
+BIN = Path(sys.executable).parent
+PAPER_300M = 299_649_792
+
+
+@pytest.fixture(scope="module")
+def model_parallel_world():
+    """A world of one (gloo), so Bridge's provider can build a model in this process."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    parallel_state.initialize_model_parallel()
+    yield
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def paper_300m(llama3_hf, **kwargs):
+    """The paper's main run: 300M, E=32, r=0.9, lr 1e-3, wd 0.4 (base steps given: no data needed)."""
+    return megadoc_300m_pretrain_config(
+        tokenizer_model=llama3_hf, real_path="data/real", synthetic_paths=["data/stitched32"], real_epochs=32,
+        synthetic_fraction=0.9, lr=1e-3, weight_decay=0.4, base_steps=777, **kwargs)
+
+
+def parameter_count(cfg) -> int:
+    """Parameters of the GPTModel Bridge's provider builds (meta device: shapes only), vocabulary from the
+    recipe's tokenizer, as Bridge's setup sets it."""
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+    from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
+
+    provider = cfg.model
+    provider.vocab_size, provider.should_pad_vocab = build_tokenizer(cfg.tokenizer).vocab_size, True
+    provider.init_model_with_meta_device, provider.use_cpu_initialization = True, True
+    provider.gradient_accumulation_fusion = False
+    provider.transformer_layer_spec = local_layer_spec  # same parameters as Transformer Engine's, CPU-buildable
+    provider.finalize()
+    return sum(p.numel() for p in provider.provide(pre_process=True, post_process=True).parameters())
+
+
+def test_300m_recipe_is_the_papers_model_and_optimizer(llama3_hf, model_parallel_world):
+    cfg = paper_300m(llama3_hf)
+    model = cfg.model
+    assert (model.num_layers, model.hidden_size, model.ffn_hidden_size, model.num_attention_heads,
+            model.num_query_groups, model.seq_length) == (12, 768, 2688, 12, 12, 4096)
+    assert model.normalization == "RMSNorm" and model.layernorm_epsilon == 1e-5
+    assert model.gated_linear_unit and model.activation_func is F.silu  # SwiGLU
+    assert model.position_embedding_type == "rope" and model.rotary_base == 10_000
+    assert not model.share_embeddings_and_output_weights and not model.add_bias_linear and not model.add_qkv_bias
+    assert cfg.mixed_precision == "bf16_mixed" and cfg.optimizer.bf16
+
+    train_iters = 248_640  # floor(777 x 32 / (1 - 0.9))
+    assert (cfg.train.train_iters, cfg.train.global_batch_size, cfg.train.micro_batch_size) == (train_iters, 64, 1)
+    opt = cfg.optimizer
+    assert (opt.optimizer, opt.lr, opt.min_lr, opt.weight_decay) == ("adam", 1e-3, 0.0, 0.4)
+    assert (opt.adam_beta1, opt.adam_beta2, opt.adam_eps, opt.clip_grad) == (0.9, 0.95, 1e-8, 1.0)
+    sched = cfg.scheduler
+    assert sched.lr_decay_style == "cosine" and sched.lr_decay_iters == train_iters
+    assert sched.lr_warmup_iters == math.ceil(0.01 * train_iters) == 2487 and sched.lr_warmup_init == 0.0
+    # Megatron's scheduler sets the weight decay each step: it must hold the optimizer's value.
+    assert (sched.start_weight_decay, sched.end_weight_decay, sched.weight_decay_incr_style) == (0.4, 0.4, "constant")
+
+    from megatron.bridge.data.base import DatasetProvider
+    from megatron.bridge.data.utils import get_dataset_provider
+
+    assert isinstance(cfg.dataset, MegadocDatasetProvider) and isinstance(cfg.dataset, DatasetProvider)
+    assert callable(get_dataset_provider(cfg.dataset))  # Bridge accepts it as a custom provider
+    blend = cfg.dataset.blend
+    assert (blend.real_epochs, blend.synthetic_fraction, blend.seq_length, blend.global_batch_size) == \
+        (32, 0.9, 4096, 64)
+
+    assert parameter_count(cfg) == PAPER_300M == MODELS["300m"].parameter_count()
+
+
+@pytest.mark.parametrize("name", ["150m", "600m", "1.5b", "tiny"])
+def test_every_size_builds_from_its_dimensions(name, llama3_hf, model_parallel_world):
+    cfg = pretrain_config(name, tokenizer_model=llama3_hf, real_path="data/real", base_steps=777)
+    shape = MODELS[name]
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.num_query_groups, cfg.model.seq_length) == \
+        (shape.num_layers, shape.hidden_size, shape.num_query_groups, shape.seq_length)
+    assert parameter_count(cfg) == shape.parameter_count()
+
+
+def test_yaml_round_trip(llama3_hf, tmp_path):
+    from megatron.bridge.training.config import ConfigContainer
+
+    cfg = paper_300m(llama3_hf, valid_paths=["data/valid"], tensor_model_parallel_size=2)
+    cfg.to_yaml(str(tmp_path / "run.yaml"))
+    loaded = ConfigContainer.from_yaml(str(tmp_path / "run.yaml"))
+    assert loaded.to_dict() == cfg.to_dict()
+    assert isinstance(loaded.dataset, MegadocDatasetProvider) and isinstance(loaded.dataset.blend, MegadocBlendConfig)
+    assert loaded.dataset.blend == cfg.dataset.blend and loaded.dataset.blend.valid_prefixes == ["data/valid"]
+    assert loaded.model.activation_func is F.silu and loaded.model.tensor_model_parallel_size == 2
+    assert loaded.train.train_iters == 248_640 and loaded.validation.eval_interval == 248_640
+
+
+def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
+    cfg = apply_overrides(paper_300m(llama3_hf), [
+        "model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=4",
+        "model.context_parallel_size=2", "dataset.blend.real_epochs=8", "dataset.blend.synthetic_fraction=0.75",
+        "train.global_batch_size=128", "optimizer.lr=0.003"])
+    assert (cfg.model.tensor_model_parallel_size, cfg.model.pipeline_model_parallel_size,
+            cfg.model.context_parallel_size) == (2, 4, 2)
+    assert cfg.train.train_iters == 24_864  # floor(777 x 8 / (1 - 0.75))
+    assert cfg.scheduler.lr_warmup_iters == 249 and cfg.scheduler.lr_decay_iters == 24_864
+    assert cfg.dataset.blend.global_batch_size == 128 and cfg.dataset.blend.real_epochs == 8
+    assert cfg.optimizer.lr == 0.003 and cfg.optimizer.weight_decay == 0.4
+
+    with pytest.raises(MegadocError, match="train_iters comes from the data plan"):
+        apply_overrides(paper_300m(llama3_hf), ["train.train_iters=10"])
+    with pytest.raises(MegadocError, match="synthetic_fraction"):
+        apply_overrides(paper_300m(llama3_hf), ["dataset.blend.synthetic_fraction=1.5"])
+
+
+@pytest.fixture(scope="module")
+def blend_data(tmp_path_factory, dclm_sample, llama3_hf) -> dict:
+    """A real stream (100 DCLM documents) and a synthetic stream in the megadoc `parts` format (each record two
+    other DCLM documents: no LLM runs here, what matters is a second stream written as megadocs), tokenized with
+    `megadoc tokenize` and the Llama 3 tokenizer."""
+    folder = tmp_path_factory.mktemp("blend")
+    docs = [json.loads(line) for line in dclm_sample.read_text().splitlines()]
+    corpora = {"real": [{"id": d["id"], "text": d["text"]} for d in docs[:100]],
+               "syn": [{"id": f"m{i}", "parts": [docs[i]["text"], docs[i + 1]["text"]]} for i in range(100, 200, 2)]}
+    for name, records in corpora.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        subprocess.run([str(BIN / "megadoc"), "tokenize", "--input", str(folder / f"{name}.jsonl"), "--output-prefix",
+                        str(folder / name), "--tokenizer-model", str(llama3_hf), "--append-eod", "--no-progress"],
+                       check=True, capture_output=True, timeout=120)
+    return {"real": str(folder / "real"), "syn": str(folder / "syn"), "folder": folder}
+
+
+def test_bridge_pretrain_runs_on_cpu(blend_data, llama3_hf):
+    """Bridge's `pretrain` + `gpt_step.forward_step`, tiny recipe, TP=2 over 2 gloo ranks, 8 steps: E=1, r=0.5,
+    4 base steps of 8 x 64 tokens."""
+    out = blend_data["folder"] / "run"
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
+               str(Path(__file__).with_name("pretrain_cpu.py")), "--out", str(out), "--tokenizer-model",
+               str(llama3_hf), "--real-path", blend_data["real"], "--synthetic-path", blend_data["syn"],
+               "--real-epochs", "1", "--synthetic-fraction", "0.5", "--base-steps", "4", "--global-batch-size", "8",
+               "--micro-batch-size", "2", "--lr", "0.01", "model.tensor_model_parallel_size=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    plan = plan_from_data(MegadocBlendConfig(real_prefix=blend_data["real"], synthetic_prefixes=[blend_data["syn"]],
+                                             real_epochs=1, synthetic_fraction=0.5, seq_length=64,
+                                             global_batch_size=8, base_steps=4))
+    built = json.loads((out / "datasets.json").read_text())
+    assert plan.train_iters == 8 and built["train_samples"] == built["len"] == plan.total_sequences == 64
+    assert built["stream_counts"] == [plan.real.sequences, plan.synthetic[0].sequences] == [32, 32]
+    assert built["tokenizer_vocab_size"] == 128_256
+
+    ranks = [[json.loads(line) for line in (out / f"steps-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # both tensor-parallel ranks report the same reduced loss
+    steps = ranks[0]
+    assert [s["consumed_samples"] for s in steps] == [8 * i for i in range(8)]  # read before each step counts
+    losses = [s["loss"] for s in steps]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5, losses
+    lrs = [s["lr"] for s in steps]
+    assert max(lrs) == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine to zero
+    assert all(math.isfinite(s["grad_norm"]) for s in steps)
