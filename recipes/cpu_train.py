@@ -2,7 +2,8 @@
 
 config -> distributed + model (GPTModel, local layer spec) -> data (any Dataset of Megatron GPT samples) ->
 optimizer (Megatron AdamW, plain) -> loop (get_forward_backward_func, cosine lr with warmup, JSONL loss log)
--> dist_checkpointing saves that resume bit for bit. Runs on a GPU too; without one, the device shim is on.
+-> dist_checkpointing saves that resume bit for bit. Runs on a GPU too (bf16 compute as Megatron-LM does it: the
+model in Float16Module, fp32 main params in the optimizer); without one, the device shim is on and all is fp32.
 Under `torchrun` the world is split into TP x PP x DP over gloo (CPU) or nccl (GPU).
 """
 
@@ -29,10 +30,24 @@ RECIPE_NAME = "megadoc_recipe.json"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default="tiny", choices=sorted(MODELS), help="model size")
-    parser.add_argument("--data-path", required=True, help="Megatron .bin/.idx prefix of the training tokens")
+    data = parser.add_argument_group("data: one prefix (--data-path), or a megadoc blend (--real-path ...)")
+    data.add_argument("--data-path", help="Megatron .bin/.idx prefix of the training tokens, read as they are")
+    data.add_argument("--real-path", help="real training prefix of a megadoc blend (exact E epochs and r)")
+    data.add_argument("--synthetic-path", nargs="+", default=[],
+                      help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2'")
+    data.add_argument("--real-epochs", type=float, default=1.0, help="E: passes over the real stream")
+    data.add_argument("--synthetic-fraction", type=float, default=0.0, help="r: synthetic share of sequences")
+    data.add_argument("--base-steps", type=int, help="global batches per real pass (default: one full pass)")
+    data.add_argument("--data-cache-path", help="Megatron-Core index cache folder")
+    registry = parser.add_argument_group("runs registry: record this run when it starts (megadoc eval adds scores)")
+    registry.add_argument("--registry", help="runs registry CSV")
+    # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
+    registry.add_argument("--run-name", "--run", dest="run", help="run name (the registry key)")
+    registry.add_argument("--method", default=None, help="synthetic stream kind (default: real, or 'synthetic')")
+    registry.add_argument("--generations", type=int, default=0, help="G: synthetic generations per document")
     parser.add_argument("--tokenizer-model", help="tokenizer the data was written with (sets the vocabulary)")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size when no --tokenizer-model is given")
-    parser.add_argument("--train-iters", type=int, required=True)
+    parser.add_argument("--train-iters", type=int, help="optimizer steps (default with a blend: the plan's)")
     parser.add_argument("--global-batch-size", type=int, default=64)
     parser.add_argument("--micro-batch-size", type=int, default=1)
     parser.add_argument("--seq-length", type=int, help="context length (default: the recipe's)")
@@ -44,7 +59,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--save", help="checkpoint directory (also where the JSONL loss log goes)")
     parser.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
-    parser.add_argument("--load", help="checkpoint directory to resume from")
+    parser.add_argument("--load", help="checkpoint directory to resume from; one holding no checkpoint yet starts "
+                        "from scratch, as Megatron-LM does (so --load and --save may name the same folder)")
     parser.add_argument("--exit-interval", type=int, help="stop after this iteration (the schedule still spans "
                         "--train-iters), e.g. to test resuming")
     parser.add_argument("--log-dir", help="where train_log.jsonl goes (default: --save, else the current dir)")
@@ -103,6 +119,17 @@ def build_model(recipe: TrainingRecipe):
     )
 
 
+def to_device(model):
+    """As Megatron-LM's get_model: onto the current GPU (Megatron-Core builds some layers, RMSNorm, on the CPU), then
+    in Float16Module when computing in bf16. Its (sharded) state dicts are the bare GPTModel's, so checkpoints have
+    the same keys on CPU and GPU (the weights saved in bf16, the fp32 copy in the optimizer's state)."""
+    from megatron.core.transformer.module import Float16Module
+
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return Float16Module(model.config, model) if model.config.bf16 else model
+
+
 def wrap_ddp(model):
     """Megatron's DDP: gradient buffers and the data-parallel all-reduce that finalize_model_grads runs."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -114,7 +141,8 @@ def wrap_ddp(model):
 
 
 def build_optimizer(model, recipe: TrainingRecipe):
-    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping."""
+    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping; with bf16 the
+    mixed-precision one (fp32 main params and grads, no loss scaling)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     opt = recipe.optimizer
@@ -208,8 +236,10 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def forward_step(data_iterator, model):
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return output, partial(loss_func, batch["loss_mask"])
+    tokens, position_ids, labels, loss_mask = (  # as pretrain_gpt; a no-op under the device shim
+        batch[key].cuda(non_blocking=True) for key in ("tokens", "position_ids", "labels", "loss_mask"))
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, partial(loss_func, loss_mask)
 
 
 def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int):
@@ -259,7 +289,7 @@ def _sharded_state(model, optimizer, state: TrainState, is_loading: bool) -> dic
     from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    model_state = model.module.sharded_state_dict()  # keys of the bare GPTModel, not DDP's "module." ones
+    model_state = model.module.sharded_state_dict()  # the bare GPTModel's keys (Float16Module passes them through)
     rng = ShardedObject(
         "rng_state", _rng_state(),
         (parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size(),
@@ -283,6 +313,20 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainState) -> None:
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
         (Path(save_dir) / TRACKER_NAME).write_text(f"{state.iteration}\n")
+
+
+def has_checkpoint(load_dir: str) -> bool:
+    return (Path(load_dir) / TRACKER_NAME).exists()
+
+
+def keep_log_until(log_path: Path, iteration: int) -> None:
+    """Drop log records past the checkpoint being resumed (a run killed after logging, before saving, re-logs
+    those steps), so the log of a resumed run is the log of an uninterrupted one."""
+    if not log_path.exists():
+        return
+    lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
+    with atomic_write(log_path, "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))
 
 
 def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
@@ -362,9 +406,15 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
 
-    model = wrap_ddp(build_model(recipe))
+    model = wrap_ddp(to_device(build_model(recipe)))
     optimizer = build_optimizer(model, recipe)
-    state = load_checkpoint(load, model, optimizer) if load else TrainState()
+    state = TrainState()
+    if load and has_checkpoint(load):
+        state = load_checkpoint(load, model, optimizer)
+    elif load and torch.distributed.get_rank() == 0:
+        print(f"megadoc train: no checkpoint in {load} yet, training from scratch", flush=True)
+    if log_path is not None and torch.distributed.get_rank() == 0:
+        keep_log_until(log_path, state.iteration)
 
     dp_size = parallel_state.get_data_parallel_world_size()
     if recipe.global_batch_size % (recipe.micro_batch_size * dp_size):
@@ -398,17 +448,81 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
     return records
 
 
+def blend_from_args(args, seq_length: int):
+    """The megadoc blend the --real-path flags describe (None with --data-path)."""
+    from megadoc_data.config import MegadocBlendConfig
+    from megadoc_data.plan import parse_weighted
+
+    if bool(args.data_path) == bool(args.real_path):
+        raise MegadocError("give either --data-path or --real-path (a megadoc blend)")
+    if args.data_path:
+        return None
+    prefixes, weights = parse_weighted(args.synthetic_path)
+    return MegadocBlendConfig(
+        real_prefix=args.real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
+        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, seq_length=seq_length,
+        global_batch_size=args.global_batch_size, base_steps=args.base_steps, seed=args.seed,
+        path_to_cache=args.data_cache_path)
+
+
+def build_training_data(args, recipe: TrainingRecipe, tokenizer):
+    """(dataset, train_iters, plan or None): one prefix as it is, or the exact blend of a megadoc plan."""
+    from megadoc_data.datasets import build_datasets, check_plan
+
+    blend = blend_from_args(args, recipe.model.seq_length)
+    if blend is None:
+        if not args.train_iters:
+            raise MegadocError("--train-iters is required with --data-path")
+        samples = args.train_iters * recipe.global_batch_size
+        return build_gpt_dataset(args.data_path, tokenizer, recipe.model.seq_length, samples, args.seed), \
+            args.train_iters, None
+    plan = check_plan(blend, tokenizer)
+    if args.train_iters and args.train_iters != plan.train_iters:
+        raise MegadocError(f"--train-iters {args.train_iters} differs from the plan's {plan.train_iters}; "
+                           "leave it out to train the plan")
+    train_set, _, _ = build_datasets(blend, tokenizer, train_samples=plan.total_sequences)
+    return train_set, plan.train_iters, plan
+
+
+def register(args, recipe: TrainingRecipe, plan, save_dir: Path) -> None:
+    """Record the run in the registry as it starts, with its plan saved beside the checkpoints."""
+    from megadoc_data.sources import read_source
+    from megadoc_recipes.registry import RunRecord, record_run
+
+    if not args.registry:
+        return
+    if not args.run:
+        raise MegadocError("--registry needs --run (the run's name)")
+    plan_path = ""
+    if plan is not None:
+        plan_path = str(save_dir / "blend_plan.json")
+        with atomic_write(plan_path, "w") as handle:
+            json.dump(plan.to_json(), handle, indent=2)
+    # D, the x axis of the real-only law: the real tokens one pass reads (the paper's 777 x 64 x 4096).
+    real_tokens = (plan.base_steps * plan.global_batch_size * plan.seq_length if plan is not None else
+                   read_source(args.data_path).tokens)
+    method = args.method or ("synthetic" if args.synthetic_fraction > 0 else "real")
+    record_run(args.registry, RunRecord(
+        run=args.run, method=method, G=args.generations, real_tokens=real_tokens,
+        E=args.real_epochs if plan is not None else 1.0,
+        r=args.synthetic_fraction if plan is not None and args.synthetic_fraction > 0 else None,
+        lr=recipe.optimizer.lr, wd=recipe.optimizer.weight_decay,
+        params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
+        plan=plan_path, recipe=recipe.model.name))
+
+
 def run(args) -> int:
     recipe, tokenizer = recipe_from_args(args)
     from megadoc_recipes import device_shim
 
     device_shim.activate()
     init_distributed(recipe.parallel)
-    dataset = build_gpt_dataset(args.data_path, tokenizer, recipe.model.seq_length,
-                                args.train_iters * recipe.global_batch_size, args.seed)
+    dataset, train_iters, plan = build_training_data(args, recipe, tokenizer)
     log_dir = Path(args.log_dir or args.save or ".")
     log_dir.mkdir(parents=True, exist_ok=True)
-    train(recipe, dataset, args.train_iters, args.seed, save=args.save, save_interval=args.save_interval,
+    if torch.distributed.get_rank() == 0:
+        register(args, recipe, plan, log_dir)
+    train(recipe, dataset, train_iters, args.seed, save=args.save, save_interval=args.save_interval,
           load=args.load, log_path=log_dir / LOG_NAME, exit_interval=args.exit_interval)
     torch.distributed.destroy_process_group()
     return 0
