@@ -122,3 +122,31 @@ def test_vocabulary_mismatch_fails_before_building(blend, tokenizer, tmp_path):
     with pytest.raises(MegadocError, match="does not match the tokenizer's vocabulary of 32000"):
         build_datasets(blend, small)
     assert not (tmp_path / "cache").exists()
+
+
+class _Vocab:
+    """A picklable tokenizer stand-in with Llama 3's vocabulary size."""
+
+    vocab_size, eod = 128_256, 128_001
+    unique_identifiers = {"class": "test", "vocab": 128_256}
+
+
+def _rank_builds(rank: int, store: str, config: MegadocBlendConfig, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    train, _, _ = build_datasets(config, _Vocab())
+    numpy.save(f"{out}-{rank}.npy", numpy.asarray(train.dataset_index))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_ranks_build_at_once_into_one_cache(blend, tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_rank_builds, args=(str(tmp_path / "store"), blend, str(tmp_path / "index")),
+                                nprocs=2)
+    first, second = (numpy.load(tmp_path / f"index-{rank}.npy") for rank in (0, 1))
+    assert (first == second).all() and numpy.bincount(first)[0] == 4 * 46 * GBS
+    assert len([name for name in __import__("os").listdir(blend.path_to_cache)
+                if name.endswith("BlendedDataset-train-dataset_index.npy")]) == 1
