@@ -18,6 +18,12 @@ from megadoc_recipes.pipeline import PipelineConfig, Step
 from megadoc_slurm.submit import done_dir, slurm_dir
 
 
+def nemo_run_dir(config: PipelineConfig) -> Path:
+    """nemo-run's experiments (scripts, logs). Not named `nemo_run`: nemo-run rewrites that name in the paths it
+    writes (its folder inside containers is /nemo_run)."""
+    return slurm_dir(config) / "nemorun"
+
+
 def _nemo_run():
     try:
         import nemo_run
@@ -55,7 +61,7 @@ def executor(config: PipelineConfig, step: Step, dependencies: list[str]):
         container_mounts=list(slurm.container_mounts), additional_parameters=_extra_parameters(slurm.extra_sbatch),
         job_name_prefix=f"{config.name}-", setup_lines=setup_lines(config, step), launcher="torchrun",
         # The tunnel's job folder is the experiment's own (<base>/experiments/<title>/<id>): no copy between them.
-        packager=run.Packager(), tunnel=run.LocalTunnel(job_dir=str(slurm_dir(config) / "nemo_run" / "experiments")),
+        packager=run.Packager(), tunnel=run.LocalTunnel(job_dir=str(nemo_run_dir(config) / "experiments")),
         # nemo-run reads a dependency's Slurm id from a TorchX app handle: <scheduler>://<session>/<id>.
         dependencies=[f"slurm_tunnel://nemo_run/{job_id}" for job_id in dependencies], dependency_type="afterok",
         poll_estimated_start_time=False)
@@ -67,7 +73,7 @@ def nemo_run_training(config: PipelineConfig, step: Step, dependencies: list[str
     run = _nemo_run()
     (command,) = step.commands
     script = run.Script(path="megadoc", m=True, entrypoint="python", args=list(command))
-    base_dir = slurm_dir(config) / "nemo_run"
+    base_dir = nemo_run_dir(config)
     title = f"{config.name}-{step.name}"
     with run.Experiment(title, executor=executor(config, step, list(dependencies)), base_dir=str(base_dir),
                         log_level="WARN", enable_goodbye_message=False, skip_status_at_exit=True) as experiment:
@@ -76,7 +82,13 @@ def nemo_run_training(config: PipelineConfig, step: Step, dependencies: list[str
             experiment.dryrun(log=False, delete_exp_dir=False)
             sbatch = Path(experiment._exp_dir) / f"{step.name}_sbatch.sh"
             return None, sbatch
-        experiment.run(detach=True)
+        try:
+            experiment.run(detach=True)
+        except Exception as error:  # nemo-run raises what its tunnel's sbatch call raised; say it in one line
+            message = getattr(getattr(error, "result", None), "stderr", "") or str(error)
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            raise MegadocError(f"nemo-run could not submit {step.name}: {lines[0] if lines else type(error).__name__}"
+                               ) from None
         job = experiment.jobs[0]
         job_id = job.handle.rsplit("/", 1)[-1]
         sbatch = Path(job.executor.tunnel.job_dir) / f"{job.executor.job_name}_sbatch.sh"

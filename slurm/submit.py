@@ -184,9 +184,16 @@ def render(config: PipelineConfig, step: Step, tasks: tuple[int, ...], script: P
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match.group(1)], TEMPLATE.read_text())
 
 
+def is_training(step: Step) -> bool:
+    """Whether a step trains (the steps `--executor nemo-run` hands to nemo-run)."""
+    return step.commands[0][0] == "train"
+
+
 def write_scripts(config: PipelineConfig, scripts_dir: Path, source: str, only: set[str] | None = None,
-                  log=print) -> list[Job]:
-    """Write the script of every step not done yet (numbered in submission order); returns them as jobs."""
+                  executor: str = "sbatch", log=print) -> list[Job]:
+    """Write the script of every step not done yet (numbered in submission order); returns them as jobs.
+
+    Under nemo-run, training steps get no script here: nemo-run writes its own."""
     pipeline = steps(config)
     unknown = sorted(set(only or ()) - {step.name for step in pipeline})
     if unknown:
@@ -201,6 +208,9 @@ def write_scripts(config: PipelineConfig, scripts_dir: Path, source: str, only: 
         tasks = pending_tasks(config, step)
         if tasks is None:
             log(f"[{step.name}] done earlier, skipped")
+            continue
+        if executor == "nemo-run" and is_training(step):
+            jobs.append(Job(step, None, tasks))
             continue
         script = scripts_dir / f"{number:02d}-{step.name}.sbatch"
         with atomic_write(script, "w") as handle:
@@ -258,6 +268,20 @@ def check_queue(config: PipelineConfig) -> None:
                            f"`scancel {' '.join(active.values())}`, then submit again")
 
 
+def _launch(config: PipelineConfig, job: Job, dependencies: list[str], dry_run: bool) -> tuple[str | None, Path, str]:
+    """Submit one job, or in a dry run only write it: (its Slurm id, its script, what to print)."""
+    if job.script is None:
+        from megadoc_slurm.nemo import nemo_run_training
+
+        job_id, script = nemo_run_training(config, job.step, dependencies, dry_run=dry_run)
+        return job_id, script, f"nemo-run {script}" if dry_run else f"job {job_id} (nemo-run {script})"
+    if dry_run:
+        flags = [f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []
+        return None, job.script, " ".join(["sbatch", "--parsable", *flags, str(job.script)])
+    job_id = sbatch(job.script, dependencies)
+    return job_id, job.script, f"job {job_id}"
+
+
 def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: bool = False, executor: str = "sbatch",
            only: set[str] | None = None, source: str = "", log=print) -> list[Job]:
     """Write every pending step's script and submit them in order (or, with dry_run, print the sbatch lines).
@@ -267,30 +291,17 @@ def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: boo
     if not dry_run:
         check_queue(config)
     scripts_dir = Path(scripts_dir) if scripts_dir else slurm_dir(config) / "scripts"
-    jobs = write_scripts(config, scripts_dir, source, only, log)
+    jobs = write_scripts(config, scripts_dir, source, only, executor, log)
     ids: dict[str, str] = {}
     submitted: list[Job] = []
     try:
         for job in jobs:
             after = [a for a in job.step.after if a in ids]  # steps done earlier or left out need no waiting
             dependencies = [f"<{a}>" for a in after] if dry_run else [ids[a] for a in after]
-            if executor == "nemo-run" and job.step.commands[0][0] == "train":
-                from megadoc_slurm.nemo import nemo_run_training
-
-                job_id, script = nemo_run_training(config, job.step, dependencies, dry_run=dry_run)
-                job = Job(job.step, script, job.tasks)
-                what = f"nemo-run {script}" if dry_run else "nemo-run"
-            else:
-                job_id, what = None, None
-                if dry_run:
-                    flags = [f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []
-                    what = " ".join(["sbatch", "--parsable", *flags, str(job.script)])
-                else:
-                    job_id = sbatch(job.script, dependencies)
+            job_id, script, what = _launch(config, job, dependencies, dry_run)
             ids[job.step.name] = job_id or f"<{job.step.name}>"
-            submitted.append(Job(job.step, job.script, job.tasks, job_id))
-            log(f"[{job.step.name}] {what}" if dry_run else f"[{job.step.name}] job {job_id}"
-                + (f" ({what})" if what else ""))
+            submitted.append(Job(job.step, script, job.tasks, job_id))
+            log(f"[{job.step.name}] {what}")
     except MegadocError as error:
         if not dry_run and submitted:
             _slurm(["scancel", *(job.job_id for job in submitted)])
