@@ -135,6 +135,8 @@ cmd_start() {
   fi
   write_conf
   export SLURM_CONF="$CONF"
+  getent hosts "$(hostname -s)" >/dev/null \
+    || echo "local-cluster.sh: warning: $(hostname -s) does not resolve; multi-process jobs rendezvous on it (add it to /etc/hosts)"
   start_munge
   wait_for 10 munged munge -n
   alive "$DIR/slurmctld.pid" || slurmctld -f "$CONF"

@@ -308,8 +308,9 @@ def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: boo
             raise MegadocError(f"{error} (cancelled the {len(submitted)} job(s) submitted before it)") from None
         raise
     if not dry_run and submitted:
+        latest = {**read_jobs(config), **{job.step.name: job.job_id for job in submitted}}
         with atomic_write(slurm_dir(config) / "jobs.json", "w") as handle:
-            json.dump({job.step.name: job.job_id for job in submitted}, handle, indent=1)
+            json.dump(latest, handle, indent=1)
     return submitted
 
 
