@@ -40,7 +40,7 @@ class Job:
 
     step: Step
     script: Path | None
-    """The sbatch script (None until written)."""
+    """Its sbatch script; None for a training step handed to nemo-run, which writes its own."""
     tasks: tuple[int, ...] = ()
     """Array tasks still to run (generation shards without a done marker); empty for a plain job."""
     job_id: str | None = None
