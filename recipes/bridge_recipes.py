@@ -9,8 +9,10 @@
 Every model is built from its explicit dimensions (`megadoc_recipes.models`), never from a hub checkpoint: Bridge's
 own Llama recipes call `AutoBridge.from_hf_pretrained`, which needs the network. Data comes through the megadoc
 `DatasetProvider` (exact per-stream counts) and `train_iters` is the megadoc plan's, so the provider and the
-trainer agree on the number of samples. Megatron-Bridge is imported inside the functions: this module imports (and
-the CLI works) in an environment without Bridge.
+trainer agree on the number of samples; `apply_overrides` keeps them so under Hydra-style `key=value` overrides.
+`cfg.to_yaml` / `ConfigContainer.from_yaml` round-trip once `megadoc_data.bridge` is imported (building a config
+here does it): that adds the provider to Bridge's allowlist of YAML `_target_`s. Megatron-Bridge is imported inside
+the functions: this module imports (and the CLI works) in an environment without Bridge.
 """
 
 import dataclasses
