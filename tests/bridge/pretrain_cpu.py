@@ -31,7 +31,7 @@ CPU_OVERRIDES = [
     "mixed_precision=null", "model.bf16=false", "optimizer.bf16=false",
     "optimizer.use_distributed_optimizer=false", "ddp.use_distributed_optimizer=false",
     "ddp.overlap_grad_reduce=false", "ddp.overlap_param_gather=false",
-    "model.use_cpu_initialization=true", "model.gradient_accumulation_fusion=false",
+    "model.gradient_accumulation_fusion=false",
     "model.masked_softmax_fusion=false", "model.bias_activation_fusion=false", "model.bias_dropout_fusion=false",
     "model.apply_rope_fusion=false", "model.cross_entropy_loss_fusion=false", "model.persist_layer_norm=false",
     "checkpoint.save=null", "checkpoint.load=null", "logger.tensorboard_dir=null", "logger.log_interval=1",
