@@ -84,6 +84,8 @@ def init_distributed(parallel: ParallelRecipe) -> None:
     """torch.distributed from torchrun's environment (world 1 without it), then Megatron's model-parallel groups."""
     from megatron.core import parallel_state
 
+    if parallel_state.model_parallel_is_initialized() and not _groups_alive():
+        parallel_state.destroy_model_parallel()  # groups of an earlier world of this process, since destroyed
     if not torch.distributed.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -99,6 +101,20 @@ def init_distributed(parallel: ParallelRecipe) -> None:
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size)
+
+
+def _groups_alive() -> bool:
+    """Whether Megatron's model-parallel groups belong to the current torch.distributed world."""
+    from megatron.core import parallel_state
+
+    if not torch.distributed.is_initialized():
+        return False
+    try:
+        parallel_state.get_tensor_model_parallel_rank()
+        parallel_state.get_pipeline_model_parallel_rank()
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def build_model(recipe: TrainingRecipe):

@@ -26,6 +26,24 @@ def test_tiny_count_matches_instantiated_gpt_model():
         assert sum(p.numel() for p in gpt.parameters()) == model.parameter_count(256)
 
 
+def test_init_distributed_replaces_groups_of_a_destroyed_world():
+    """In-process users (tests, notebooks, vLLM's own world) may destroy and re-create torch.distributed: the
+    model-parallel groups must then be rebuilt, not reused stale."""
+    pytest.importorskip("megatron.core")
+    import torch
+    from megatron.core import parallel_state
+
+    from megadoc_recipes import device_shim
+    from megadoc_recipes.cpu_train import init_distributed
+
+    device_shim.activate()
+    init_distributed(ParallelRecipe())
+    torch.distributed.destroy_process_group()
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    init_distributed(ParallelRecipe())
+    assert parallel_state.get_tensor_model_parallel_rank() == 0 == parallel_state.get_pipeline_model_parallel_rank()
+
+
 def test_transformer_config_is_llama_style():
     pytest.importorskip("megatron.core")
     config = transformer_config(TrainingRecipe(model=MODELS["600m"]))
