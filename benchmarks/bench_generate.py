@@ -17,8 +17,8 @@ Same work on both sides: every sample generates exactly --max-tokens tokens (`ig
 megadoc's SamplingParams for the benchmark only); --natural-eos lets samples stop at EOS instead, and tokens/s
 are then of what each side happened to generate. The engine is seeded (`LLM(seed=...)`). Before timing a kind,
 an untimed megadoc run with 8 new tokens warms imports and the engine's prompt shapes. The prefix cache is reset
-before every timed run, so no run reuses another's prompts. --repeats R runs each side R times, alternating which
-goes first; the table gives tokens/s of each side's best run (the least disturbed, on a shared machine) and of
+before every timed run, so no run reuses another's prompts. --repeats R runs each side R times, in rounds (A B A B);
+the table gives tokens/s of each side's best run (the least disturbed, on a shared machine) and of
 its worst, and for megadoc the seconds it spent outside the engine's `step()` (its own work: reading, rendering,
 post-processing, writing; the engine work inside is what bare `LLM.generate` runs too).
 
@@ -127,10 +127,11 @@ def summarize(row: dict) -> None:
     row.update(tok_s=max(rates), tok_s_worst=min(rates))
 
 
-def alternate(names: list[str], repeats: int):
-    """Each name `repeats` times, the order reversed on every other round (so drift hits both sides alike)."""
-    for repeat in range(repeats):
-        yield from (names if repeat % 2 == 0 else names[::-1])
+def rounds(names: list[str], repeats: int):
+    """`repeats` rounds of every name: no side runs twice in a row, so one burst of load on a shared machine
+    cannot spoil all of one side's runs."""
+    for _ in range(repeats):
+        yield from names
 
 
 def compare_kind(engine, kind: str, args, corpus: Path, docs, tmp: Path) -> list[dict]:
@@ -154,7 +155,7 @@ def compare_kind(engine, kind: str, args, corpus: Path, docs, tmp: Path) -> list
     engine.llm.chat(messages[:1], generate.sampling_params(replace(base, max_tokens=1), 1), use_tqdm=False)
     rows = {name: {"kind": kind, "run": name, "tokens": [], "seconds": [], "outside_generate": []}
             for name in sides}
-    for run, name in enumerate(alternate(list(sides), args.repeats)):
+    for run, name in enumerate(rounds(list(sides), args.repeats)):
         if name == "megadoc":
             seconds, tokens, inside = megadoc_run(engine, replace(base, output=str(tmp / f"{kind}-{run}")))
             rows[name]["outside_generate"].append(seconds - inside)
@@ -194,7 +195,7 @@ def compare_n(engine, args, docs) -> list[dict]:
                                  generate.sampling_params(cfg, 1))}
     rows = {name: {"run": name, "requests": len(sent[0]), "tokens": [], "seconds": [], "served": 0, "computed": 0}
             for name, sent in sends.items()}
-    for name in alternate(list(sends), args.repeats):
+    for name in rounds(list(sends), args.repeats):
         prompts, params = sends[name]
         before = prompt_counters(engine.llm)
         seconds, outputs = timed(engine.llm, lambda: engine.llm.generate(prompts, params, use_tqdm=False))
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", nargs="+", choices=("rephrase", "rationale"), default=["rephrase", "rationale"])
     parser.add_argument("--no-n-comparison", action="store_true", help="skip n=G vs G separate requests")
     parser.add_argument("--natural-eos", action="store_true", help="let samples stop at EOS (no ignore_eos)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating which goes first")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, in rounds (default 2)")
     parser.add_argument("--json", default=None, help="also write the results here")
     engine = parser.add_argument_group("engine (vLLM), as for megadoc generate")
     engine.add_argument("--model", default=None, help="HF model directory or name (default: the embedded SmolLM2)")
