@@ -1,8 +1,6 @@
 """The blend on real Megatron-Core: exact counts from the dataset index, windows of a megadoc, entry points."""
 
-import argparse
 import json
-import sys
 import types
 
 import numpy
@@ -12,11 +10,9 @@ from megadoc.cli import main
 from megadoc.errors import MegadocError
 from megadoc.tokenizer import TokenizerSpec, build_tokenizer
 from megadoc_data.config import MegadocBlendConfig
+from megadoc_data.bridge import MegadocDatasetProvider
+from megadoc_data.datasets import build_datasets
 from test_blend import write_dataset
-
-pytest.importorskip("megatron.core.datasets.gpt_dataset")
-from megadoc_data.bridge import MegadocDatasetProvider  # noqa: E402
-from megadoc_data.datasets import build_datasets, megatron_lm_extra_args  # noqa: E402
 
 L, GBS = 64, 4
 
@@ -92,27 +88,13 @@ def test_stitched_megadoc_is_one_sequence_covered_in_order(tmp_path, dclm_sample
     assert (covered == megadoc[:len(covered)]).all() and len(covered) >= len(megadoc) - L
 
 
-def test_entry_points_build_the_same_blend(blend, tokenizer, monkeypatch):
+def test_entry_points_build_the_same_blend(blend, tokenizer):
+    """The plain and the Megatron-Bridge entry points; the Megatron-LM one runs under Megatron-LM's own argument
+    parser in tests/bridge (megatron.training ships with megatron-core 0.19, in .venv312)."""
     plain, _, _ = build_datasets(blend, tokenizer)
     context = types.SimpleNamespace(train_samples=len(plain), valid_samples=8, test_samples=0, tokenizer=tokenizer)
     bridged, valid, _ = MegadocDatasetProvider(blend=blend).build_datasets(context)
     assert (bridged.dataset_index == plain.dataset_index).all() and len(valid) >= 8
-
-    parser = megatron_lm_extra_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--megadoc-real-path", blend.real_prefix, "--megadoc-synthetic-path", "0.7",
-                              blend.synthetic_prefixes[0], "0.3", blend.synthetic_prefixes[1],
-                              "--megadoc-real-epochs", "4", "--megadoc-synthetic-fraction", "0.75"])
-    args.seq_length, args.global_batch_size, args.seed, args.data_cache_path = L, GBS, 1234, blend.path_to_cache
-    training = types.ModuleType("megatron.training")
-    training.get_args, training.get_tokenizer = (lambda: args), (lambda: tokenizer)
-    monkeypatch.setitem(sys.modules, "megatron.training", training)
-    from megadoc_data.datasets import train_valid_test_datasets_provider
-
-    assert train_valid_test_datasets_provider.is_distributed
-    megatron_lm, _, _ = train_valid_test_datasets_provider([len(plain), 0, 0])
-    assert (megatron_lm.dataset_index == plain.dataset_index).all()
-    with pytest.raises(MegadocError, match=f"set --train-iters {len(plain) // GBS}"):
-        train_valid_test_datasets_provider([len(plain) - GBS, 0, 0])
 
 
 def test_vocabulary_mismatch_fails_before_building(blend, tokenizer, tmp_path):

@@ -5,18 +5,16 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON312 = ROOT / ".venv312" / "bin" / "python"
 EXPECTED = ("test_300m_recipe_is_the_papers_model_and_optimizer", "test_every_size_builds_from_its_dimensions",
             "test_yaml_round_trip", "test_cli_overrides_move_parallel_sizes_and_the_plan",
-            "test_bridge_pretrain_runs_on_cpu")
+            "test_bridge_pretrain_runs_on_cpu", "test_megatron_lm_provider_reads_real_megatron_lm_arguments")
 
 
 def test_bridge_recipes_in_python312_env():
-    if not PYTHON312.exists():
-        pytest.skip(".venv312 is missing: `bash install.sh --dev` builds the Megatron-Bridge environment")
+    assert PYTHON312.exists(), ".venv312 is missing: `bash install.sh --dev` builds the Megatron-Bridge environment"
     result = subprocess.run([str(PYTHON312), "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "tests/bridge"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

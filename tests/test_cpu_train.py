@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("megatron.core")
 
 BIN = Path(sys.executable).parent
 VOCAB = 8192

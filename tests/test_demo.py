@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gensim")
-pytest.importorskip("vllm")
-
 BIN = Path(sys.executable).parent
 SMALL = ["--docs", "20", "--iid-docs", "4", "--long-docs", "2", "--rephrases", "2", "--rationales", "1",
          "--rephrase-max-tokens", "32", "--rationale-max-tokens", "24", "--seq-length", "64",

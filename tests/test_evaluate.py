@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("megatron.core")
 
 BIN = Path(sys.executable).parent
 VOCAB = 14_336  # the dense ids of documents 0-159 (13,978), rounded up to a multiple of 256 (TP=2 splits it)

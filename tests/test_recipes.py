@@ -14,7 +14,6 @@ def test_parameter_counts_match_paper(name):
 
 
 def test_tiny_count_matches_instantiated_gpt_model():
-    pytest.importorskip("megatron.core")
     from megadoc_recipes import device_shim
     from megadoc_recipes.cpu_train import build_model, init_distributed
 
@@ -29,7 +28,6 @@ def test_tiny_count_matches_instantiated_gpt_model():
 def test_init_distributed_replaces_groups_of_a_destroyed_world():
     """In-process users (tests, notebooks, vLLM's own world) may destroy and re-create torch.distributed: the
     model-parallel groups must then be rebuilt, not reused stale."""
-    pytest.importorskip("megatron.core")
     import torch
     from megatron.core import parallel_state
 
@@ -45,7 +43,6 @@ def test_init_distributed_replaces_groups_of_a_destroyed_world():
 
 
 def test_transformer_config_is_llama_style():
-    pytest.importorskip("megatron.core")
     config = transformer_config(TrainingRecipe(model=MODELS["600m"]))
     assert (config.hidden_size, config.ffn_hidden_size, config.num_layers) == (1024, 3584, 24)
     assert (config.num_attention_heads, config.num_query_groups) == (16, 8)

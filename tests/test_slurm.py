@@ -334,8 +334,7 @@ def test_requeued_generation_task_finishes_without_duplicates(pipeline_run):
 
 
 def _venv312():
-    if not VENV312.exists():
-        pytest.skip(f"{VENV312} is absent: nemo-run lives in the Python 3.12 environment (bash install.sh --dev)")
+    assert VENV312.exists(), f"{VENV312} is absent: nemo-run lives in the Python 3.12 environment (bash install.sh --dev)"
     return str(VENV312)
 
 

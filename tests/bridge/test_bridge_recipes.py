@@ -8,10 +8,12 @@ the CPU at TP=2 through the megadoc DatasetProvider on a real tokenized blend, b
 
 import json
 import math
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import torch.nn.functional as F
 
@@ -181,3 +183,40 @@ def test_bridge_pretrain_runs_on_cpu(blend_data, llama3_hf):
     lrs = [s["lr"] for s in steps]
     assert max(lrs) == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine to zero
     assert all(math.isfinite(s["grad_norm"]) for s in steps)
+
+
+def test_megatron_lm_provider_reads_real_megatron_lm_arguments(blend_data, llama3_hf):
+    """`train_valid_test_datasets_provider` under Megatron-LM's own argument parser, validation and global
+    variables (megatron.training, shipped with megatron-core 0.19): the `--megadoc-*` flags arrive through
+    `extra_args_provider`, the tokenizer is Megatron's, and the blend is exactly the plain entry point's."""
+    from megatron.training import global_vars
+    from megatron.training.arguments import parse_args, validate_args
+
+    from megadoc_data.datasets import build_datasets, megatron_lm_extra_args, train_valid_test_datasets_provider
+
+    argv = ["pretrain_gpt.py", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(llama3_hf),
+            "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64",
+            "--max-position-embeddings", "64", "--global-batch-size", "8", "--micro-batch-size", "2", "--seed", "7",
+            "--megadoc-real-path", blend_data["real"], "--megadoc-synthetic-path", blend_data["syn"],
+            "--megadoc-real-epochs", "2", "--megadoc-synthetic-fraction", "0.75", "--megadoc-base-steps", "4"]
+    saved, sys.argv = sys.argv, argv
+    try:
+        args = parse_args(extra_args_provider=megatron_lm_extra_args)
+    finally:
+        sys.argv = saved
+    validate_args(args)
+    global_vars.set_global_variables(args, build_tokenizer=True)
+    tokenizer = global_vars.get_tokenizer()
+
+    config = MegadocBlendConfig(real_prefix=blend_data["real"], synthetic_prefixes=[blend_data["syn"]],
+                                real_epochs=2, synthetic_fraction=0.75, seq_length=64, global_batch_size=8,
+                                base_steps=4)
+    plan = plan_from_data(config)
+    assert train_valid_test_datasets_provider.is_distributed and plan.train_iters == 32
+    train, _, _ = train_valid_test_datasets_provider([plan.total_sequences, 0, 0])
+    plain, _, _ = build_datasets(replace(config, seed=args.seed), tokenizer)
+    assert tokenizer.vocab_size == 128_256
+    assert (train.dataset_index == plain.dataset_index).all()
+    assert list(numpy.bincount(train.dataset_index)) == [plan.real.sequences, plan.synthetic[0].sequences]
+    with pytest.raises(MegadocError, match=f"set --train-iters {plan.train_iters}"):
+        train_valid_test_datasets_provider([plan.total_sequences - 8, 0, 0])
