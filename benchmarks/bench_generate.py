@@ -37,6 +37,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from megadoc.generate import add_engine_arguments, engine_config_from_args
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "dclm_sample.jsonl"
 TEST_SAMPLE = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
@@ -241,16 +243,6 @@ def print_report(info: str, kind_rows: list[dict], n_rows: list[dict]) -> None:
           f"{together['prompt_tok_s'] / apart['prompt_tok_s']:.2f}x")
 
 
-def _engine_arg(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=str(SHARED_SAMPLE if SHARED_SAMPLE.exists() else TEST_SAMPLE),
@@ -267,23 +259,13 @@ def main(argv=None) -> int:
     parser.add_argument("--natural-eos", action="store_true", help="let samples stop at EOS (no ignore_eos)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, in rounds (default 2)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    engine = parser.add_argument_group("engine (vLLM), as for megadoc generate")
-    engine.add_argument("--model", default=None, help="HF model directory or name (default: the embedded SmolLM2)")
-    engine.add_argument("--seed", type=int, default=0, help="engine seed")
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--tensor-parallel-size", type=int, default=1)
-    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    engine.add_argument("--dtype", default="auto")
-    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                        help="default: on without a GPU")
-    engine.add_argument("--engine-arg", type=_engine_arg, action="append", default=[], metavar="KEY=VALUE")
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     import vllm
 
-    from megadoc.generate import Engine, EngineConfig
+    from megadoc.generate import Engine
     from megadoc.models import default_model_dir
 
     if not args.natural_eos:
@@ -293,11 +275,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         docs = write_corpus(args.input, args.docs, tmp / "corpus.jsonl")
         start = time.perf_counter()
-        engine = Engine(EngineConfig(model=model, seed=args.seed, max_model_len=args.max_model_len,
-                                     tensor_parallel_size=args.tensor_parallel_size,
-                                     gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                                     enforce_eager=args.enforce_eager,
-                                     extra={"disable_log_stats": False, **dict(args.engine_arg)}))
+        engine = Engine(replace(engine_config_from_args(args, disable_log_stats=False), model=model))
         startup = time.perf_counter() - start
         kind_rows = [row for kind in args.kinds for row in compare_kind(engine, kind, args, tmp / "corpus.jsonl",
                                                                         docs, tmp)]

@@ -624,10 +624,7 @@ def _cmd_generate(args) -> int:
                          top_p=args.top_p, max_tokens=args.max_tokens, num_shards=args.num_shards,
                          shard_index=args.shard_index, chunk_docs=args.chunk_docs, exclude_ids=args.exclude_ids,
                          limit=args.limit)
-    engine_cfg = EngineConfig(model=args.model, seed=args.seed, max_model_len=args.max_model_len,
-                              tensor_parallel_size=args.tensor_parallel_size,
-                              gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
-                              enforce_eager=args.enforce_eager, extra=dict(args.engine_arg))
+    engine_cfg = engine_config_from_args(args)
     start = time.perf_counter()
     summary = run_generate(cfg, engine_cfg)
     elapsed = time.perf_counter() - start
@@ -669,6 +666,30 @@ def _engine_arg(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The vLLM engine flags, shared by `megadoc generate` and benchmarks/bench_generate.py."""
+    engine = parser.add_argument_group("engine (vLLM)")
+    engine.add_argument("--model", default=None,
+                        help="HF model directory or name (default: the embedded SmolLM2-135M-Instruct)")
+    engine.add_argument("--seed", type=int, default=0, help="engine seed")
+    engine.add_argument("--max-model-len", type=int, default=None)
+    engine.add_argument("--tensor-parallel-size", type=int, default=1)
+    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    engine.add_argument("--dtype", default="auto")
+    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: on without a GPU")
+    engine.add_argument("--engine-arg", type=_engine_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="any other vLLM engine argument (VALUE parsed as JSON when it can be)")
+
+
+def engine_config_from_args(args, **extra) -> EngineConfig:
+    """The engine the flags describe; `extra` are engine arguments that --engine-arg may override."""
+    return EngineConfig(model=args.model, seed=args.seed, max_model_len=args.max_model_len,
+                        tensor_parallel_size=args.tensor_parallel_size,
+                        gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
+                        enforce_eager=args.enforce_eager, extra={**extra, **dict(args.engine_arg)})
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.set_defaults(func=_cmd_generate, kind=kind)
     parser.add_argument("--input", nargs="+", required=True, help="corpus files or globs (JSONL, Parquet, HF folder)")
@@ -690,18 +711,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--exclude-ids", default=None,
                         help="file of document ids to leave out (one per line or a JSON list), e.g. from megadoc split")
     parser.add_argument("--limit", type=int, default=None, help="stop after N documents of this shard (smoke runs)")
-    engine = parser.add_argument_group("engine (vLLM)")
-    engine.add_argument("--model", default=None,
-                        help="HF model directory or name (default: the embedded SmolLM2-135M-Instruct)")
-    engine.add_argument("--seed", type=int, default=0, help="engine seed")
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--tensor-parallel-size", type=int, default=1)
-    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    engine.add_argument("--dtype", default="auto")
-    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                        help="default: on without a GPU")
-    engine.add_argument("--engine-arg", type=_engine_arg, action="append", default=[], metavar="KEY=VALUE",
-                        help="any other vLLM engine argument (VALUE parsed as JSON when it can be)")
+    add_engine_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
