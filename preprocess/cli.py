@@ -18,7 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("megadoc.tokenize", "corpus -> Megatron indexed dataset (.bin/.idx)"),
     "inspect": ("megadoc.inspect", "summarise a .bin/.idx and decode a sequence"),
     "blend": ("megadoc_data.plan", "plan the real/synthetic mix: steps, epochs, Megatron-LM flags"),
-    "train": ("megadoc_recipes.cpu_train", "train a recipe with Megatron-Core (CPU path; torchrun for TP/PP)"),
+    "train": ("megadoc_recipes.cpu_train", "train a recipe with Megatron-Core (CPU or GPU; torchrun for TP/PP)"),
     "eval": ("megadoc_recipes.evaluate", "i.i.d. loss and loss by token position of a checkpoint"),
     "efficiency": ("megadoc_recipes.efficiency", "power-law fits, data efficiency, convex-tuning certificate"),
     "report": ("megadoc_recipes.report", "figures and tables from the runs registry"),

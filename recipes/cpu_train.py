@@ -21,6 +21,7 @@ import torch
 
 from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
+from megadoc_data.plan import add_stream_arguments
 from megadoc_recipes.models import MODELS, ModelRecipe, OptimizerRecipe, ParallelRecipe, TrainingRecipe
 
 LOG_NAME = "train_log.jsonl"
@@ -32,13 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default="tiny", choices=sorted(MODELS), help="model size")
     data = parser.add_argument_group("data: one prefix (--data-path), or a megadoc blend (--real-path ...)")
     data.add_argument("--data-path", help="Megatron .bin/.idx prefix of the training tokens, read as they are")
-    data.add_argument("--real-path", help="real training prefix of a megadoc blend (exact E epochs and r)")
-    data.add_argument("--synthetic-path", nargs="+", default=[],
-                      help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2'")
-    data.add_argument("--real-epochs", type=float, default=1.0, help="E: passes over the real stream")
-    data.add_argument("--synthetic-fraction", type=float, default=0.0, help="r: synthetic share of sequences")
-    data.add_argument("--base-steps", type=int, help="global batches per real pass (default: one full pass)")
-    data.add_argument("--data-cache-path", help="Megatron-Core index cache folder")
+    add_stream_arguments(data, real_required=False)
     registry = parser.add_argument_group("runs registry: record this run when it starts (megadoc eval adds scores)")
     registry.add_argument("--registry", help="runs registry CSV")
     # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
@@ -345,14 +340,26 @@ def keep_log_until(log_path: Path, iteration: int) -> None:
         handle.write("".join(line + "\n" for line in lines))
 
 
+def checkpoint_path(load_dir: str) -> tuple[int, Path]:
+    """(iteration, folder) of the latest checkpoint under load_dir, as its tracker file names it."""
+    tracker = Path(load_dir) / TRACKER_NAME
+    if not tracker.is_file():
+        raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc train checkpoint folder)")
+    try:
+        iteration = int(tracker.read_text())
+    except ValueError:
+        raise MegadocError(f"{tracker}: not an iteration number") from None
+    path = Path(load_dir) / f"iter_{iteration:07d}"
+    if not path.is_dir():
+        raise MegadocError(f"{path}: missing (named by {tracker})")
+    return iteration, path
+
+
 def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
     """Restore the latest checkpoint under load_dir into model and optimizer; returns the train state."""
     from megatron.core import dist_checkpointing
 
-    tracker = Path(load_dir) / TRACKER_NAME
-    if not tracker.exists():
-        raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc checkpoint directory)")
-    path = Path(load_dir) / f"iter_{int(tracker.read_text()):07d}"
+    _, path = checkpoint_path(load_dir)
     loaded = dist_checkpointing.load(_sharded_state(model, optimizer, TrainState(), is_loading=True), str(path))
     model.module.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
@@ -361,8 +368,10 @@ def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
 
 
 def save_recipe(save_dir: str, recipe: TrainingRecipe) -> None:
-    """<save>/megadoc_recipe.json: the model shape, vocabulary and layout, so `megadoc eval` needs only --load."""
+    """<save>/megadoc_recipe.json: the model shape, vocabulary and layout, so `megadoc eval` needs only --load.
+    Written before the first checkpoint, so every checkpoint folder has it."""
     if torch.distributed.get_rank() == 0:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
         with atomic_write(Path(save_dir) / RECIPE_NAME, "w") as handle:
             json.dump(asdict(recipe), handle, indent=2)
 
@@ -431,6 +440,8 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
         print(f"megadoc train: no checkpoint in {load} yet, training from scratch", flush=True)
     if log_path is not None and torch.distributed.get_rank() == 0:
         keep_log_until(log_path, state.iteration)
+    if save:
+        save_recipe(save, recipe)
 
     dp_size = parallel_state.get_data_parallel_world_size()
     if recipe.global_batch_size % (recipe.micro_batch_size * dp_size):
@@ -460,25 +471,18 @@ def train(recipe: TrainingRecipe, dataset, train_iters: int, seed: int, save: st
                     log.write(json.dumps(record) + "\n")
         if save and (state.iteration == train_iters or (save_interval and state.iteration % save_interval == 0)):
             save_checkpoint(save, model, optimizer, state)
-            save_recipe(save, recipe)
     return records
 
 
 def blend_from_args(args, seq_length: int):
     """The megadoc blend the --real-path flags describe (None with --data-path)."""
-    from megadoc_data.config import MegadocBlendConfig
-    from megadoc_data.plan import parse_weighted
+    from megadoc_data.plan import stream_config
 
     if bool(args.data_path) == bool(args.real_path):
         raise MegadocError("give either --data-path or --real-path (a megadoc blend)")
     if args.data_path:
         return None
-    prefixes, weights = parse_weighted(args.synthetic_path)
-    return MegadocBlendConfig(
-        real_prefix=args.real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
-        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, seq_length=seq_length,
-        global_batch_size=args.global_batch_size, base_steps=args.base_steps, seed=args.seed,
-        path_to_cache=args.data_cache_path)
+    return stream_config(args, seq_length=seq_length, global_batch_size=args.global_batch_size, seed=args.seed)
 
 
 def build_training_data(args, recipe: TrainingRecipe, tokenizer):

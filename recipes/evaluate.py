@@ -34,7 +34,8 @@ import torch
 
 from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_recipes.cpu_train import TRACKER_NAME, VocabOnlyTokenizer, build_model, init_distributed, load_recipe
+from megadoc_recipes.cpu_train import (VocabOnlyTokenizer, build_model, checkpoint_path, init_distributed,
+                                      load_recipe)
 from megadoc_recipes.metrics import LossAccumulator, save_curve
 from megadoc_recipes.models import ParallelRecipe, TrainingRecipe, padded_vocab_size
 from megadoc_recipes.registry import read_registry, update_run
@@ -96,21 +97,6 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-
-
-def checkpoint_path(load_dir: str) -> tuple[int, Path]:
-    """(iteration, folder) of the latest checkpoint under load_dir."""
-    tracker = Path(load_dir) / TRACKER_NAME
-    if not tracker.is_file():
-        raise MegadocError(f"{load_dir}: no {TRACKER_NAME} (not a megadoc train checkpoint folder)")
-    try:
-        iteration = int(tracker.read_text())
-    except ValueError:
-        raise MegadocError(f"{tracker}: not an iteration number") from None
-    path = Path(load_dir) / f"iter_{iteration:07d}"
-    if not path.is_dir():
-        raise MegadocError(f"{path}: missing (named by {tracker})")
-    return iteration, path
 
 
 def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRecipe:

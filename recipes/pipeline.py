@@ -267,7 +267,8 @@ class Paths:
 
 
 def run_name(config: PipelineConfig, method: str) -> str:
-    """The paper's run-name pattern with this pipeline's values, e.g. tiny-x8-real+stitched4^0.75-lr0.0030-wd0.80."""
+    """The paper's run-name pattern with this pipeline's values, e.g.
+    demo-tiny-x4-real+stitched4^0.75-cos-lr0.0030-wd0.80-bs8."""
     train = config.train
     if method == "real":
         wd = train.real_only_weight_decay if train.real_only_weight_decay is not None else train.weight_decay
@@ -371,6 +372,12 @@ def steps(config: PipelineConfig) -> list[Step]:
 # ---------------------------------------------------------------------------------------------------- local runner
 
 
+def done_dir(config: PipelineConfig) -> Path:
+    """Where every runner (here, sbatch, nemo-run) marks a finished step: `<step>`, and `<step>.task<i>` for a
+    finished array task."""
+    return Path(config.work_dir) / ".done"
+
+
 def _local_argv(config: PipelineConfig, step: Step, command: list[str]) -> list[str]:
     """The process a command runs as here: this Python's `-m megadoc`, under torchrun for distributed steps."""
     if step.distributed and config.train.nproc_per_node > 1:
@@ -385,13 +392,13 @@ def run_local(config: PipelineConfig, only: set[str] | None = None, log=print) -
     A step's marker is written only after all its commands succeed, so a killed run redoes at most the step it was
     in, and that step's stage resumes from its own checkpoints.
     """
-    done_dir = Path(config.work_dir) / ".done"
-    done_dir.mkdir(parents=True, exist_ok=True)
+    markers = done_dir(config)
+    markers.mkdir(parents=True, exist_ok=True)
     ran = []
     for step in steps(config):
         if only is not None and step.name not in only:
             continue
-        marker = done_dir / step.name
+        marker = markers / step.name
         if marker.exists():
             log(f"[{step.name}] done earlier, skipped")
             continue

@@ -14,8 +14,8 @@ import shlex
 from pathlib import Path
 
 from megadoc.errors import MegadocError
-from megadoc_recipes.pipeline import PipelineConfig, Step
-from megadoc_slurm.submit import done_dir, slurm_dir
+from megadoc_recipes.pipeline import PipelineConfig, Step, done_dir
+from megadoc_slurm.submit import slurm_dir
 
 
 def nemo_run_dir(config: PipelineConfig) -> Path:

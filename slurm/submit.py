@@ -27,7 +27,7 @@ from pathlib import Path
 
 from megadoc.atomic import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_recipes.pipeline import PipelineConfig, Step, load_pipeline, steps
+from megadoc_recipes.pipeline import PipelineConfig, Step, done_dir, load_pipeline, steps
 
 TEMPLATE = Path(__file__).parent / "templates" / "step.sbatch"
 WIDTH = 110
@@ -48,10 +48,6 @@ class Job:
 
 
 # ---------------------------------------------------------------------------------------------------- markers
-
-
-def done_dir(config: PipelineConfig) -> Path:
-    return Path(config.work_dir) / ".done"
 
 
 def slurm_dir(config: PipelineConfig) -> Path:

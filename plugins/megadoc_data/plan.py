@@ -164,22 +164,27 @@ def megatron_lm_flags(plan: Plan, config: MegadocBlendConfig) -> str:
     return " ".join(flags)
 
 
-def add_config_arguments(parser) -> None:
-    """The blend flags, shared by `megadoc blend` and the Megatron-LM provider."""
-    group = parser.add_argument_group("megadoc blend")
-    group.add_argument("--real-path", required=True, help="real training dataset prefix (P.bin / P.idx)")
+def add_stream_arguments(group, real_required: bool = True) -> None:
+    """The flags naming the streams and the mix, shared by `megadoc blend` and `megadoc train`."""
+    group.add_argument("--real-path", required=real_required, help="real training dataset prefix (P.bin / P.idx)")
     group.add_argument("--synthetic-path", nargs="+", default=[],
                        help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2' (weights sum to 1)")
     group.add_argument("--real-epochs", type=float, default=1.0, help="E: passes over the real stream")
     group.add_argument("--synthetic-fraction", type=float, default=0.0, help="r: synthetic share of sequences")
-    group.add_argument("--seq-length", type=int, default=4096)
-    group.add_argument("--global-batch-size", type=int, default=64)
     group.add_argument("--base-steps", type=int, default=None,
                        help="global batches per real pass (default: one full pass over the real tokens)")
+    group.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
+
+
+def add_config_arguments(parser) -> None:
+    """The blend flags of `megadoc blend`: the streams, plus what a trainer would otherwise give."""
+    group = parser.add_argument_group("megadoc blend")
+    add_stream_arguments(group)
+    group.add_argument("--seq-length", type=int, default=4096)
+    group.add_argument("--global-batch-size", type=int, default=64)
     group.add_argument("--seed", type=int, default=1234)
     group.add_argument("--valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
     group.add_argument("--long-valid-path", nargs="*", default=[], help="long-document validation prefixes")
-    group.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
 
 
 def parse_weighted(values: list[str]) -> tuple[list[str], list[float] | None]:
@@ -198,13 +203,18 @@ def parse_weighted(values: list[str]) -> tuple[list[str], list[float] | None]:
     return list(values[1::2]), [float(w) for w in values[::2]]
 
 
-def config_from_args(args) -> MegadocBlendConfig:
+def stream_config(args, **fields) -> MegadocBlendConfig:
+    """The blend the stream flags describe; `fields` are the rest (seq_length, global_batch_size, seed, ...)."""
     prefixes, weights = parse_weighted(args.synthetic_path)
     return MegadocBlendConfig(
         real_prefix=args.real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
-        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, seq_length=args.seq_length,
-        global_batch_size=args.global_batch_size, base_steps=args.base_steps, seed=args.seed,
-        valid_prefixes=args.valid_path, long_valid_prefixes=args.long_valid_path, path_to_cache=args.data_cache_path)
+        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, base_steps=args.base_steps,
+        path_to_cache=args.data_cache_path, **fields)
+
+
+def config_from_args(args) -> MegadocBlendConfig:
+    return stream_config(args, seq_length=args.seq_length, global_batch_size=args.global_batch_size, seed=args.seed,
+                         valid_prefixes=args.valid_path, long_valid_prefixes=args.long_valid_path)
 
 
 def add_arguments(parser) -> None:
