@@ -51,8 +51,12 @@ install_bridge() {
     return
   fi
   local py312=("${PYTHON312:-python3.12}")  # else pyenv's 3.12
-  "${py312[@]}" -c '' 2>/dev/null || py312=(env PYENV_VERSION="$(pyenv versions --bare | grep -m1 '^3\.12')"
-                                             pyenv exec python)
+  if ! "${py312[@]}" -c '' 2>/dev/null; then
+    # The list is read whole first: `pyenv versions | grep -m1` can kill pyenv with SIGPIPE, which pipefail reports.
+    local versions
+    versions="$(pyenv versions --bare)"
+    py312=(env PYENV_VERSION="$(grep -m1 '^3\.12' <<<"$versions")" pyenv exec python)
+  fi
   [ -x .venv312/bin/python ] || "${py312[@]}" -m venv .venv312
   local pip=(.venv312/bin/pip install --quiet --disable-pip-version-check -c constraints-bridge.txt)
   "${pip[@]}" torch numpy  # PyPI's CUDA build (with its CUDA libraries, ~5 GB); runs on the CPU

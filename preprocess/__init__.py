@@ -1,3 +1,6 @@
-"""megadoc: the preprocess stages (corpus -> generations -> megadocs -> tokens) and the `megadoc` CLI."""
+"""megadoc.preprocess: corpus -> generations -> megadocs -> tokens (the corpus-conversion tools).
 
-__version__ = "0.1.0"
+`corpus` reads every input format, `tokenizer` builds Megatron-LM's tokenizers from one spec, `split` holds out
+validation documents, `generate` writes rephrases and rationales with vLLM, `assemble` builds the simple / stitched
+/ stretched streams, `tokenize` writes Megatron indexed datasets (`indexed` is that format), `inspect` reads them.
+"""

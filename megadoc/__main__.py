@@ -1,0 +1,5 @@
+import sys
+
+from megadoc.cli import main
+
+sys.exit(main())

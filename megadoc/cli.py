@@ -1,0 +1,88 @@
+"""The `megadoc` command: one subcommand per stage of the method.
+
+A stage module exposes `add_arguments(parser)` (which sets `func` via `set_defaults`) and is imported only when
+its subcommand runs, so `megadoc tokenize` never pays for importing vLLM or Megatron-Core. Every failure reaches the
+user as one line and a non-zero exit; `--debug` (anywhere on the line) shows the trace instead.
+"""
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from megadoc.errors import MegadocError
+
+# name -> (module, one-line help), in the order data flows through the method.
+STAGES: dict[str, tuple[str, str]] = {
+    "split": ("megadoc.preprocess.split", "set aside i.i.d., short and long validation sets before generation"),
+    "generate": ("megadoc.preprocess.generate.cli", "write rephrases / rationales with vLLM, sharded and resumable"),
+    "assemble": ("megadoc.preprocess.assemble", "build simple / stitched / stretched megadoc records from generations"),
+    "tokenize": ("megadoc.preprocess.tokenize", "corpus -> Megatron indexed dataset (.bin/.idx)"),
+    "inspect": ("megadoc.preprocess.inspect", "summarise a .bin/.idx and decode a sequence"),
+    "blend": ("megadoc_data.plan", "plan the real/synthetic mix: steps, epochs, Megatron-LM flags"),
+    "train": ("megadoc.training.cli", "train a recipe with Megatron-Core (CPU or GPU; torchrun for TP/PP)"),
+    "eval": ("megadoc.evaluation.evaluate", "i.i.d. loss and loss by token position of a checkpoint"),
+    "efficiency": ("megadoc.analysis.efficiency", "power-law fits, data efficiency, convex-tuning certificate"),
+    "report": ("megadoc.analysis.report", "figures and tables from the runs registry"),
+    "run": ("megadoc.launch.local", "run a whole pipeline YAML here, step by step, resuming finished steps"),
+    "submit": ("megadoc.slurm.submit", "submit a whole pipeline YAML to Slurm (sbatch or nemo-run; or --dry-run)"),
+    "demo": ("megadoc.launch.demo", "the whole method on a small real corpus, on CPU, offline"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: megadoc <stage> [options]   (megadoc <stage> --help for a stage's options; --debug shows "
+             "the trace of a failure)", "", "stages:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in STAGES.items()]
+    return "\n".join(lines)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of one stage (tests parse the pipeline's command lines with it)."""
+    module_name, help_ = STAGES[name]
+    parser = argparse.ArgumentParser(prog=f"megadoc {name}", description=help_)
+    importlib.import_module(module_name).add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in STAGES:
+        print(f"megadoc: error: unknown stage {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        parser = build_parser(name)
+        args = parser.parse_args(argv[1:])
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except MegadocError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"megadoc {name}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"megadoc {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the one catch-all: a user never gets a bare trace
+        if debug:
+            traceback.print_exc()
+        where = error.__traceback__
+        while where.tb_next is not None:
+            where = where.tb_next
+        print(f"megadoc {name}: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+              f" (at {where.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{where.tb_lineno}); run with --debug for "
+              "the trace", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
