@@ -37,7 +37,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from megadoc.generate import add_engine_arguments, engine_config_from_args
+from megadoc.preprocess.generate.engine import add_engine_arguments, engine_config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "dclm_sample.jsonl"
@@ -46,7 +46,7 @@ TEST_SAMPLE = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
 
 def write_corpus(source: str, docs: int, out: Path):
     """The first `docs` documents of `source`, as a JSONL corpus megadoc reads (ids kept)."""
-    from megadoc.corpus import iter_documents
+    from megadoc.preprocess.corpus import iter_documents
 
     chosen = [doc for _, doc in zip(range(docs), iter_documents([source]))]
     with open(out, "w") as handle:
@@ -57,7 +57,7 @@ def write_corpus(source: str, docs: int, out: Path):
 
 def patch_ignore_eos() -> None:
     """Make megadoc's SamplingParams ignore EOS (benchmark only), so it samples exactly max_tokens per sample."""
-    import megadoc.generate as generate
+    import megadoc.preprocess.generate.run as generate
 
     original = generate.sampling_params
 
@@ -83,7 +83,8 @@ def output_tokens(outputs) -> int:
 
 def megadoc_run(engine, cfg) -> tuple[float, int, float]:
     """megadoc's run_generate into a fresh directory: (seconds, output tokens, seconds inside engine steps)."""
-    from megadoc.generate import EngineConfig, run_generate
+    from megadoc.preprocess.generate.engine import EngineConfig
+    from megadoc.preprocess.generate.run import run_generate
 
     inside = [0.0]
     step = engine.llm.llm_engine.step
@@ -106,16 +107,11 @@ def megadoc_run(engine, cfg) -> tuple[float, int, float]:
 
 def requests_of(engine, cfg, docs):
     """megadoc's own requests for these documents (prompt ids after the context policy)."""
-    from megadoc.generate import load_prompt, rationale_requests, rephrase_requests
+    from megadoc.preprocess.generate.prompts import load_prompt
+    from megadoc.preprocess.generate.requests import chunk_requests
 
     template = load_prompt(cfg.prompt, cfg.kind)
-    budget = engine.max_model_len - cfg.max_tokens
-    requests = []
-    for doc in docs:
-        if cfg.kind == "rephrase":
-            requests += rephrase_requests(engine, template, doc, budget)
-        else:
-            requests += rationale_requests(engine, template, doc, cfg.g, budget) or []
+    requests, _ = chunk_requests(engine, cfg.kind, cfg.g, template, docs, engine.max_model_len - cfg.max_tokens)
     return template, requests
 
 
@@ -138,8 +134,8 @@ def rounds(names: list[str], repeats: int):
 
 def compare_kind(engine, kind: str, args, corpus: Path, docs, tmp: Path) -> list[dict]:
     """megadoc vs bare LLM.generate (and LLM.chat for rephrases) on one kind; one row per side."""
-    import megadoc.generate as generate
-    from megadoc.generate import GenerateConfig
+    import megadoc.preprocess.generate.run as generate
+    from megadoc.preprocess.generate.run import GenerateConfig
 
     base = GenerateConfig(kind=kind, inputs=[str(corpus)], output="", g=args.G, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, chunk_docs=args.chunk_docs)
@@ -185,8 +181,8 @@ def prompt_counters(llm) -> tuple[float, float]:
 
 def compare_n(engine, args, docs) -> list[dict]:
     """Bare vLLM rephrases: one n=G request per document vs G separate n=1 requests."""
-    import megadoc.generate as generate
-    from megadoc.generate import GenerateConfig
+    import megadoc.preprocess.generate.run as generate
+    from megadoc.preprocess.generate.run import GenerateConfig
 
     cfg = GenerateConfig(kind="rephrase", inputs=[], output="", g=args.G, max_tokens=args.max_tokens,
                          temperature=args.temperature, top_p=args.top_p)
@@ -265,8 +261,8 @@ def main(argv=None) -> int:
 
     import vllm
 
-    from megadoc.generate import Engine
-    from megadoc.models import default_model_dir
+    from megadoc.preprocess.generate.engine import Engine
+    from megadoc.preprocess.generate.embedded_model import default_model_dir
 
     if not args.natural_eos:
         patch_ignore_eos()

@@ -94,8 +94,8 @@ def run_reimplemented_preprocess(path: Path, prefix: Path, workers: int) -> floa
 
 def raw_batch_throughput(tokenizer_path: Path, texts: list[str], workers: int) -> float:
     """Tokens/s of the library's batch API on texts in memory, in the batch sizes megadoc uses."""
-    from megadoc.tokenize import TokenizeConfig
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenize import TokenizeConfig
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerSpec(str(tokenizer_path), threads=workers))
     batches, batch, chars = [], [], 0

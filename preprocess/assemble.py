@@ -26,12 +26,16 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from megadoc.atomic import atomic_write
-from megadoc.corpus import Document, iter_documents
+from megadoc.files import atomic_write
+from megadoc.preprocess.corpus import Document, add_corpus_arguments, iter_documents
 from megadoc.errors import MegadocError
-from megadoc.generations import load_by_document
+from megadoc.preprocess.generate.shards import load_by_document
+from megadoc.preprocess.tokenizer import add_tokenizer_arguments, build_tokenizer, spec_from_args
 
 METHODS = ("simple", "stitched", "stretched")
+"""The synthetic streams: rephrases shuffled, rephrases stitched into megadocs, rationales stretched into a doc."""
+GENERATION_OF = {"simple": "rephrase", "stitched": "rephrase", "stretched": "rationale"}
+"""Which generations each stream is assembled from."""
 DEFAULT_OPEN, DEFAULT_CLOSE = "\n<think>\n", "\n</think>\n"
 
 
@@ -45,7 +49,7 @@ class AssembleConfig:
     """The real corpus the generations were made from (files or globs)."""
     generations: str
     """The generation directory (shard-*/chunk-*.parquet)."""
-    text_key: str = "text"
+    json_key: str = "text"
     """The corpus field holding the text."""
     seed: int = 1234
     """Seeds the record shuffle and --order random."""
@@ -114,10 +118,9 @@ def _usable_rationales(document: Document, rows: list[dict], config: AssembleCon
 
 
 def _records(config: AssembleConfig, stats: Counter) -> Iterator[dict]:
-    kind = "rationale" if config.method == "stretched" else "rephrase"
-    generations = load_by_document(config.generations, kind)
+    generations = load_by_document(config.generations, GENERATION_OF[config.method])
     seen = set()
-    for document in tqdm(iter_documents(config.inputs, config.text_key), desc=f"assemble {config.method}",
+    for document in tqdm(iter_documents(config.inputs, config.json_key), desc=f"assemble {config.method}",
                          unit=" doc", disable=None):
         rows = generations.get(document.id, [])
         seen.add(document.id)
@@ -139,7 +142,7 @@ def _records(config: AssembleConfig, stats: Counter) -> Iterator[dict]:
     missing = set(generations) - seen
     if missing:
         raise MegadocError(f"{config.generations}: {len(missing)} documents with generations are not in the corpus "
-                           f"(e.g. {sorted(missing)[0]!r}); wrong --input or --text-key?")
+                           f"(e.g. {sorted(missing)[0]!r}); wrong --input or --json-keys?")
 
 
 def assemble(config: AssembleConfig, output: str) -> dict:
@@ -178,8 +181,7 @@ def _distribution(lengths: list[int]) -> dict:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=METHODS, required=True)
-    parser.add_argument("--input", nargs="+", required=True, help="the real corpus the generations came from")
-    parser.add_argument("--json-keys", nargs=1, default=["text"], metavar="KEY", help="corpus text field")
+    add_corpus_arguments(parser, input_help="the real corpus the generations came from")
     parser.add_argument("--generations", required=True, help="generation directory (shard-*/chunk-*.parquet)")
     parser.add_argument("--output", default=None, help="JSONL of records for `megadoc tokenize`")
     parser.add_argument("--output-prefix", default=None,
@@ -189,8 +191,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--real-position", choices=("last", "first", "none"), default="last")
     parser.add_argument("--rationale-open", default=DEFAULT_OPEN)
     parser.add_argument("--rationale-close", default=DEFAULT_CLOSE)
-    parser.add_argument("--tokenizer-model", default=None, help="count tokens in the summary / tokenize")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    add_tokenizer_arguments(parser, required=False)  # counts tokens in the summary; needed by --output-prefix
     parser.set_defaults(func=run)
 
 
@@ -200,7 +202,7 @@ def run(args) -> int:
     if args.output_prefix and not args.tokenizer_model:
         raise MegadocError("--output-prefix: tokenizing needs --tokenizer-model")
     config = AssembleConfig(method=args.method, inputs=args.input, generations=args.generations,
-                            text_key=args.json_keys[0], seed=args.seed, order=args.order,
+                            json_key=args.json_keys[0], seed=args.seed, order=args.order,
                             real_position=args.real_position, rationale_open=args.rationale_open,
                             rationale_close=args.rationale_close)
     output = args.output or args.output_prefix + ".jsonl"
@@ -214,10 +216,9 @@ def run(args) -> int:
 
 
 def _tokenize(args, output: str) -> dict:
-    from megadoc.tokenize import TokenizeConfig, tokenize
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenize import TokenizeConfig, tokenize
 
-    tokenizer = build_tokenizer(TokenizerSpec(args.tokenizer_model, threads=args.workers))
+    tokenizer = build_tokenizer(spec_from_args(args, threads=args.workers))
     if not args.output_prefix:
         return {"tokens": token_summary(output, tokenizer)}
     written = tokenize(TokenizeConfig([output], args.output_prefix, append_eod=True), tokenizer)

@@ -46,6 +46,16 @@ class Document:
     where: str
 
 
+def add_corpus_arguments(parser, input_help: str = "corpus files or globs (JSONL, .jsonl.gz/.zst, Parquet, HF "
+                         "save_to_disk folders), read in order") -> None:
+    """The corpus flags of every stage that reads documents: Megatron-LM's `--input` and `--json-keys` (one key:
+    the record field holding the text)."""
+    group = parser.add_argument_group("input data")
+    group.add_argument("--input", nargs="+", required=True, help=input_help)
+    group.add_argument("--json-keys", nargs=1, default=["text"], metavar="KEY",
+                       help="record field holding the text (default: text)")
+
+
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
     """Files (and HF dataset folders) named by paths or globs, in the order given, each glob sorted."""
     paths: list[str] = []

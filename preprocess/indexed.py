@@ -1,4 +1,4 @@
-"""Megatron-Core's indexed dataset format (.bin/.idx), written resumably.
+"""Megatron-Core's indexed dataset format (.bin/.idx): written resumably, read and checked without Megatron-Core.
 
 The layout is Megatron-Core's `IndexedDatasetBuilder` + `_IndexWriter` (megatron/core/datasets/indexed_dataset.py):
 .bin is the token ids back to back; .idx is a header, the sequence lengths (int32), the byte pointer of each
@@ -18,16 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from megadoc.atomic import atomic_write, tmp_path
+from megadoc.errors import MegadocError
+from megadoc.files import atomic_write, tmp_path
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
-DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
+HEADER_BYTES = len(INDEX_HEADER) + 8 + 1 + 8 + 8  # magic, version, dtype code, sequence and document counts
+# Megatron-Core's DType codes (megatron.core.datasets.indexed_dataset.DType).
+DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
+               np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
+CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+UINT16_VOCAB_LIMIT = 65_500
 
 
 def optimal_dtype(vocab_size: int) -> np.dtype:
     """Megatron-LM's rule (`DType.optimal_dtype`): uint16 below 65,500 ids, else int32."""
-    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+    return np.dtype(np.uint16 if vocab_size < UINT16_VOCAB_LIMIT else np.int32)
 
 
 def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray,
@@ -45,6 +51,60 @@ def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.n
         out.write(lengths.tobytes(order="C"))
         out.write(pointers.tobytes(order="C"))
         out.write(np.asarray(document_indices, dtype=np.int64).tobytes(order="C"))
+
+
+@dataclass(frozen=True)
+class IndexedData:
+    """A Megatron indexed dataset's index, read and checked against its .bin; tokens memory-mapped on demand."""
+
+    prefix: str
+    dtype: np.dtype
+    sequence_lengths: np.ndarray
+    sequence_pointers: np.ndarray
+    document_indices: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sequence_lengths.sum(dtype=np.int64))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if not self.num_tokens:
+            return np.zeros(0, self.dtype)
+        return np.memmap(self.prefix + ".bin", dtype=self.dtype, mode="r")
+
+    def sequence(self, n: int) -> np.ndarray:
+        start = self.sequence_pointers[n] // self.dtype.itemsize
+        return self.tokens[start:start + self.sequence_lengths[n]]
+
+
+def read_index(prefix: str) -> IndexedData:
+    """The index of `prefix`, refused in one line when the pair is missing, truncated or inconsistent (an .idx
+    of another length than its counts say, or a .bin shorter or longer than the .idx describes)."""
+    idx_path, bin_path = Path(prefix + ".idx"), Path(prefix + ".bin")
+    for path in (idx_path, bin_path):
+        if not path.is_file():
+            raise MegadocError(f"{path}: no such file (a dataset prefix names P.bin and P.idx)")
+    raw = idx_path.read_bytes()
+    if not raw.startswith(INDEX_HEADER) or len(raw) < HEADER_BYTES:
+        raise MegadocError(f"{idx_path}: not a Megatron indexed dataset (bad header)")
+    code = raw[len(INDEX_HEADER) + 8]
+    if code not in CODE_DTYPES:
+        raise MegadocError(f"{idx_path}: unknown token dtype code {code}")
+    sequences, documents = struct.unpack_from("<QQ", raw, len(INDEX_HEADER) + 9)
+    if len(raw) != HEADER_BYTES + 12 * sequences + 8 * documents:
+        raise MegadocError(f"{idx_path}: {len(raw)} bytes, but its header describes {sequences} sequences and "
+                           f"{documents - 1} documents ({HEADER_BYTES + 12 * sequences + 8 * documents} bytes): "
+                           "truncated or corrupt; re-run the stage that wrote it")
+    lengths = np.frombuffer(raw, np.int32, sequences, HEADER_BYTES)
+    pointers = np.frombuffer(raw, np.int64, sequences, HEADER_BYTES + 4 * sequences)
+    doc_indices = np.frombuffer(raw, np.int64, documents, HEADER_BYTES + 12 * sequences)
+    data = IndexedData(prefix, CODE_DTYPES[code], lengths, pointers, doc_indices)
+    expected = data.num_tokens * data.dtype.itemsize
+    if bin_path.stat().st_size != expected:
+        raise MegadocError(f"{bin_path}: {bin_path.stat().st_size} bytes, but {idx_path.name} describes {expected}: "
+                           "the pair does not belong together (an interrupted write?); re-run the stage that wrote it")
+    return data
 
 
 @dataclass

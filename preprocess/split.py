@@ -22,10 +22,10 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from megadoc.atomic import atomic_write
-from megadoc.corpus import iter_records, record_id, record_text
+from megadoc.files import atomic_write
+from megadoc.preprocess.corpus import add_corpus_arguments, iter_records, record_id, record_text
 from megadoc.errors import MegadocError
-from megadoc.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
+from megadoc.preprocess.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
 
 TRAIN, VALID_IID, VALID_LONG = "train.jsonl", "valid_iid.jsonl", "valid_long.jsonl"
 VALIDATION_IDS = "validation_ids.txt"
@@ -45,7 +45,7 @@ class SplitConfig:
     """Token length (no end-of-document token counted) a document needs to enter the long set."""
     seed: int = 1234
     """Seed of the draw; the same corpus and seed give the same split."""
-    text_key: str = "text"
+    json_key: str = "text"
     """Record key holding the document text."""
 
 
@@ -57,7 +57,7 @@ class Split:
     long: frozenset[int]
 
 
-def count_tokens(inputs: list[str], tokenizer: Tokenizer, text_key: str) -> tuple[list[str], np.ndarray]:
+def count_tokens(inputs: list[str], tokenizer: Tokenizer, json_key: str) -> tuple[list[str], np.ndarray]:
     """Ids and token lengths of every document, in read order; duplicated ids are refused."""
     ids: list[str] = []
     lengths: list[int] = []
@@ -69,7 +69,7 @@ def count_tokens(inputs: list[str], tokenizer: Tokenizer, text_key: str) -> tupl
         texts.clear()
 
     for record in iter_records(inputs):
-        text = record_text(record, text_key)
+        text = record_text(record, json_key)
         doc_id = record_id(record, text)
         if doc_id in seen:
             raise MegadocError(f"{record.where}: id {doc_id!r} already used at {seen[doc_id]}; deduplicate first")
@@ -98,7 +98,7 @@ def draw_split(lengths: np.ndarray, config: SplitConfig) -> Split:
     return Split(iid=frozenset(iid.tolist()), long=frozenset(long.tolist()))
 
 
-def write_split(inputs: list[str], ids: list[str], split: Split, out_dir: Path, text_key: str) -> dict[str, int]:
+def write_split(inputs: list[str], ids: list[str], split: Split, out_dir: Path, json_key: str) -> dict[str, int]:
     """Second pass: each record, with its id, to train / valid_iid / valid_long; returns the record counts."""
     names = (TRAIN, VALID_IID, VALID_LONG)
     counts = dict.fromkeys(names, 0)
@@ -106,7 +106,7 @@ def write_split(inputs: list[str], ids: list[str], split: Split, out_dir: Path, 
             atomic_write(out_dir / VALID_LONG) as long:
         handles = dict(zip(names, (train, iid, long)))
         for index, record in enumerate(iter_records(inputs)):
-            doc_id = record_id(record, record_text(record, text_key))
+            doc_id = record_id(record, record_text(record, json_key))
             if index >= len(ids) or doc_id != ids[index]:
                 raise MegadocError(f"{record.where}: corpus changed between the two passes")
             name = VALID_LONG if index in split.long else VALID_IID if index in split.iid else TRAIN
@@ -119,9 +119,9 @@ def split_corpus(inputs: list[str], out_dir: str | os.PathLike, tokenizer: Token
     """Hold out the validation sets of `inputs` under `out_dir`; returns what split.json records."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids, lengths = count_tokens(inputs, tokenizer, config.text_key)
+    ids, lengths = count_tokens(inputs, tokenizer, config.json_key)
     split = draw_split(lengths, config)
-    counts = write_split(inputs, ids, split, out, config.text_key)
+    counts = write_split(inputs, ids, split, out, config.json_key)
     held_out = sorted(split.long | split.iid)
     with atomic_write(out / VALIDATION_IDS, "w") as handle:
         handle.writelines(f"{ids[index]}\n" for index in held_out)
@@ -152,10 +152,9 @@ def check_no_leak(ids: Iterable[str], validation_ids: frozenset[str], what: str 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, help="corpus files or globs (JSONL, Parquet, HF folder)")
+    add_corpus_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="writes train.jsonl, valid_iid.jsonl, valid_long.jsonl, "
                                                              "validation_ids.txt and split.json here")
-    parser.add_argument("--text-key", default="text", help="record key holding the text")
     parser.add_argument("--iid-docs", type=int, required=True, help="random documents for the i.i.d. validation set")
     parser.add_argument("--long-docs", type=int, required=True, help="documents for the long-document set")
     parser.add_argument("--long-min-tokens", type=int, required=True,
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if min(args.iid_docs, args.long_docs) < 0 or args.long_min_tokens < 1:
         raise MegadocError("--iid-docs and --long-docs must be >= 0 and --long-min-tokens >= 1")
     config = SplitConfig(iid_docs=args.iid_docs, long_docs=args.long_docs, long_min_tokens=args.long_min_tokens,
-                         seed=args.seed, text_key=args.text_key)
+                         seed=args.seed, json_key=args.json_keys[0])
     summary = split_corpus(args.input, args.output_dir, build_tokenizer(spec_from_args(args)), config)
     records = summary["records"]
     print(f"megadoc split: {records[TRAIN]} train, {records[VALID_IID]} i.i.d. ({summary['iid_tokens']} tokens), "

@@ -24,10 +24,10 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from megadoc.corpus import Record, expand_inputs, iter_records
+from megadoc.preprocess.corpus import Record, add_corpus_arguments, expand_inputs, iter_records
 from megadoc.errors import MegadocError
-from megadoc.indexed import ResumableIndexedWriter, optimal_dtype
-from megadoc.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
+from megadoc.preprocess.indexed import ResumableIndexedWriter, optimal_dtype
+from megadoc.preprocess.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
 
 PARTS_KEY = "parts"
 
@@ -197,10 +197,7 @@ def tokenize(config: TokenizeConfig, tokenizer: Tokenizer, progress: bool = True
 
 
 def add_arguments(parser) -> None:
-    group = parser.add_argument_group("input data")
-    group.add_argument("--input", nargs="+", required=True, help="corpus files or globs, read in order")
-    group.add_argument("--json-keys", nargs=1, default=["text"], metavar="KEY",
-                       help="record field with the text (one key; records may carry 'parts' instead)")
+    add_corpus_arguments(parser)
     group = parser.add_argument_group("tokenization process")
     group.add_argument("--append-eod", action="store_true", help="append EOD after each document")
     group = parser.add_argument_group("output data")

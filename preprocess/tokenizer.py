@@ -158,12 +158,12 @@ def guess_type(model: str) -> str:
     raise MegadocError(f"{model}: cannot tell the tokenizer type from the path; pass --tokenizer-type")
 
 
-EMBEDDED_TOKENIZER = "smollm2"  # the embedded model's tokenizer (megadoc.models), usable with no file at hand
+EMBEDDED_TOKENIZER = "smollm2"  # the embedded model's tokenizer (megadoc.preprocess.generate.embedded_model), usable with no file at hand
 
 
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     if spec.model == EMBEDDED_TOKENIZER:
-        from megadoc.models import default_model_dir
+        from megadoc.preprocess.generate.embedded_model import default_model_dir
 
         spec = replace(spec, model=default_model_dir(), type="HuggingFaceTokenizer")
     if not os.path.exists(spec.model):
@@ -178,10 +178,10 @@ def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     raise MegadocError(f"unsupported --tokenizer-type {kind!r} (one of {', '.join(TOKENIZER_TYPES)})")
 
 
-def add_tokenizer_arguments(parser) -> None:
-    """Megatron-LM's tokenizer flags, shared by every stage that counts or writes tokens."""
+def add_tokenizer_arguments(parser, required: bool = True) -> None:
+    """Megatron-LM's tokenizer flags, declared once for every stage that counts, writes or trains on tokens."""
     group = parser.add_argument_group("tokenizer")
-    group.add_argument("--tokenizer-model", required=True,
+    group.add_argument("--tokenizer-model", required=required,
                        help="tokenizer.json / HF folder, sentencepiece .model, tiktoken BPE file, or 'smollm2' "
                        "(the embedded model's tokenizer)")
     group.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default=None,
@@ -193,7 +193,24 @@ def add_tokenizer_arguments(parser) -> None:
                        help="let the HF tokenizer add its special tokens (as Megatron-LM's flag of that name)")
 
 
-def spec_from_args(args, threads: int = 2) -> TokenizerSpec:
+def tokenizer_flags(spec: TokenizerSpec) -> list[str]:
+    """The flags that give `spec` back through `spec_from_args` (how a pipeline passes its tokenizer to a stage)."""
+    flags = ["--tokenizer-model", spec.model]
+    if spec.type is not None:
+        flags += ["--tokenizer-type", spec.type]
+    if spec.tiktoken_pattern != TokenizerSpec.tiktoken_pattern:
+        flags += ["--tiktoken-pattern", spec.tiktoken_pattern]
+    if spec.eod_id is not None:
+        flags += ["--eod-id", str(spec.eod_id)]
+    if spec.hf_include_special_tokens:
+        flags.append("--tokenizer-hf-include-special-tokens")
+    return flags
+
+
+def spec_from_args(args, threads: int = 2) -> TokenizerSpec | None:
+    """The spec the tokenizer flags describe (None when --tokenizer-model was left out where it is optional)."""
+    if args.tokenizer_model is None:
+        return None
     return TokenizerSpec(model=args.tokenizer_model, type=args.tokenizer_type, tiktoken_pattern=args.tiktoken_pattern,
                          eod_id=args.eod_id, hf_include_special_tokens=args.tokenizer_hf_include_special_tokens,
                          threads=threads)

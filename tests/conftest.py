@@ -31,3 +31,20 @@ def llama3_hf() -> Path:
 def llama3_tiktoken() -> Path:
     """The same vocabulary as a tiktoken BPE file."""
     return _shared("tokenizers/llama3/meta-llama-3-8B.tiktoken")
+
+
+@pytest.fixture(scope="session")
+def write_generations():
+    """Writes hand-made generation rows as one committed shard (Parquet chunk + manifest), through the shard
+    format's own writer; missing columns are null. Returns the generation directory."""
+    from megadoc.preprocess.generate.shards import COLUMNS, commit_chunk, open_shard, shard_dir
+
+    def write(directory: Path, rows: list[dict]) -> str:
+        shard = shard_dir(str(directory), 0, 1)
+        manifest = open_shard(shard, {"num_shards": 1})
+        full = [{column: row.get(column) for column in COLUMNS} for row in rows]
+        commit_chunk(shard, manifest, full, {"file": "chunk-00000.parquet", "rows": len(full),
+                                             "docs": len({row["doc_id"] for row in rows})})
+        return str(directory)
+
+    return write

@@ -3,25 +3,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from megadoc.cli import main
-from megadoc.generations import COLUMNS
 from megadoc_data.sources import read_source
 
 G = 3
-
-
-def write_shard(directory: Path, rows: list[dict]) -> str:
-    """One committed chunk in the documented layout, every column present."""
-    path = directory / "shard-00000-of-00001" / "chunk-00000.parquet"
-    path.parent.mkdir(parents=True)
-    full = [{column: row.get(column) for column in COLUMNS} for row in rows]
-    pq.write_table(pa.Table.from_pylist(full), path)
-    return str(directory)
 
 
 @pytest.fixture
@@ -39,7 +28,7 @@ def _generation(doc, kind, index, text, offset=None):
 
 
 @pytest.fixture
-def generations(tmp_path, corpus):
+def generations(tmp_path, corpus, write_generations):
     """G rephrases and G rationales per document; rationales written out of order, at word boundaries."""
     rows = []
     for doc in corpus[1]:
@@ -49,7 +38,7 @@ def generations(tmp_path, corpus):
         offsets = sorted({len(" ".join(words[: len(words) * (k + 1) // (G + 1)])) for k in range(G)})
         for i, offset in reversed(list(enumerate(offsets))):
             rows.append(_generation(doc, "rationale", i, f"Thought {i} about what follows.", offset))
-    return write_shard(tmp_path / "gen", rows)
+    return write_generations(tmp_path / "gen", rows)
 
 
 def assemble(tmp_path, corpus, generations, method, name, *extra):
@@ -62,7 +51,7 @@ def assemble(tmp_path, corpus, generations, method, name, *extra):
 
 def test_stretched_round_trips_to_the_original(tmp_path, corpus, generations):
     records, _ = assemble(tmp_path, corpus, generations, "stretched", "z")
-    from megadoc.assemble import strip_rationales
+    from megadoc.preprocess.assemble import strip_rationales
 
     originals = {str(doc["id"]): doc["text"] for doc in corpus[1]}
     assert len(records) == len(originals)
@@ -76,7 +65,7 @@ def test_stretched_round_trips_to_the_original(tmp_path, corpus, generations):
 def test_stretched_custom_delimiters_round_trip(tmp_path, corpus, generations):
     records, _ = assemble(tmp_path, corpus, generations, "stretched", "zc", "--rationale-open", "\n\n[",
                           "--rationale-close", "]\n\n")
-    from megadoc.assemble import strip_rationales
+    from megadoc.preprocess.assemble import strip_rationales
 
     originals = {str(doc["id"]): doc["text"] for doc in corpus[1]}
     assert all(strip_rationales(r["text"], "\n\n[", "]\n\n") == originals[r["id"]] for r in records)
@@ -126,13 +115,25 @@ def test_simple_and_stitched_hold_the_same_tokens(tmp_path, corpus, generations,
     assert sizes["simple"][1] == len(corpus[1]) * (G + 1) and sizes["stitched"][1] == len(corpus[1])
 
 
-def test_bad_inputs(tmp_path, corpus, capsys):
+def test_eod_id_reaches_the_tokenizer_of_assemble(tmp_path, corpus, generations, llama3_hf):
+    """Megatron-LM's tokenizer flags pass whole to assemble's tokenizer: --eod-id ends every part of the stream."""
+    prefix = tmp_path / "stitched"
+    eod = 128_002  # a reserved special token of Llama 3 that no text encodes to
+    assert main(["assemble", "--method", "stitched", "--input", corpus[0], "--generations", generations,
+                 "--output-prefix", str(prefix), "--tokenizer-model", str(llama3_hf), "--eod-id", str(eod),
+                 "--workers", "1"]) == 0
+    tokens = np.fromfile(f"{prefix}.bin", dtype=np.int32)
+    assert np.count_nonzero(tokens == eod) == len(corpus[1]) * (G + 1)  # one per part: G rephrases + the document
+    assert np.count_nonzero(tokens == 128_001) == 0  # the tokenizer's own EOD is not used
+
+
+def test_bad_inputs(tmp_path, corpus, capsys, write_generations):
     doc = corpus[1][0]
-    stray = write_shard(tmp_path / "stray", [_generation({"id": "nope"}, "rephrase", 0, "x")])
+    stray = write_generations(tmp_path / "stray", [_generation({"id": "nope"}, "rephrase", 0, "x")])
     argv = ["assemble", "--method", "simple", "--input", corpus[0], "--output", str(tmp_path / "o.jsonl")]
     assert main(argv + ["--generations", stray]) == 1
     assert "not in the corpus (e.g. 'nope')" in capsys.readouterr().err
-    bad = write_shard(tmp_path / "bad", [_generation(doc, "rationale", 0, "t", 10**9)])
+    bad = write_generations(tmp_path / "bad", [_generation(doc, "rationale", 0, "t", 10**9)])
     argv[2] = "stretched"
     assert main(argv + ["--generations", bad]) == 1
     assert "split_offset 1000000000, outside" in capsys.readouterr().err

@@ -21,12 +21,14 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 from megadoc.cli import main as cli_main  # noqa: E402
-from megadoc.corpus import iter_documents  # noqa: E402
 from megadoc.errors import MegadocError  # noqa: E402
-from megadoc.generate import (EngineConfig, GenerateConfig, load_exclude_ids, load_prompt,  # noqa: E402
-                              run_generate, shard_of)
-from megadoc.generations import iter_rows  # noqa: E402
-from megadoc.postprocess import boundaries, drop_reason, pieces, split_offsets, strip_preamble  # noqa: E402
+from megadoc.preprocess.corpus import iter_documents  # noqa: E402
+from megadoc.preprocess.generate.engine import Engine, EngineConfig  # noqa: E402
+from megadoc.preprocess.generate.postprocess import (boundaries, drop_reason, pieces, split_offsets,  # noqa: E402
+                                                     strip_preamble)
+from megadoc.preprocess.generate.prompts import load_prompt  # noqa: E402
+from megadoc.preprocess.generate.run import GenerateConfig, load_exclude_ids, run_generate  # noqa: E402
+from megadoc.preprocess.generate.shards import iter_rows, shard_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
@@ -105,7 +107,7 @@ def tiny_model(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from megadoc.models import default_model_dir
+    from megadoc.preprocess.generate.embedded_model import default_model_dir
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
@@ -130,7 +132,7 @@ def test_bad_inputs(tmp_path, tiny_model, capsys):
     assert _cli("rephrase", "--output", tmp_path / "o", "--input", SAMPLE40, "--model", tmp_path / "notamodel") == 1
     assert "not a model directory" in capsys.readouterr().err
     assert _cli(*base, "--input", SAMPLE40, "-G", "0") == 1
-    assert "-G/--num-generations must be >= 1" in capsys.readouterr().err
+    assert "-G/--generations must be >= 1" in capsys.readouterr().err
     assert _cli(*base, "--input", SAMPLE40, "--max-tokens", "5000") == 1
     assert "does not fit the context" in capsys.readouterr().err
     assert _cli("status", tmp_path / "nothing") == 1
@@ -141,8 +143,6 @@ def test_bad_inputs(tmp_path, tiny_model, capsys):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model):
-    from megadoc.generate import Engine
-
     return Engine(EngineConfig(model=tiny_model, seed=0, extra=UNI))
 
 
@@ -202,8 +202,6 @@ def test_resume_skips_committed_chunks_and_removes_uncommitted(tmp_path, tiny_en
 
 
 def test_same_seed_same_output(tmp_path, tiny_model):
-    from megadoc.generate import Engine
-
     texts = []
     for run in range(2):
         engine = Engine(EngineConfig(model=tiny_model, seed=7, extra=UNI))

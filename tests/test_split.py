@@ -6,7 +6,7 @@ import pytest
 
 from megadoc.cli import main
 from megadoc.errors import MegadocError
-from megadoc.split import check_no_leak, load_validation_ids
+from megadoc.preprocess.split import check_no_leak, load_validation_ids
 
 
 def _split(tmp_path, corpus, tokenizer, name="out", seed=7, long_docs=2, long_min_tokens=1024, iid_docs=20):
@@ -59,35 +59,26 @@ def test_duplicate_ids_are_refused(tmp_path, llama3_hf, capsys):
     assert code == 1 and "id 'a' already used" in capsys.readouterr().err
 
 
-def _generations(directory, doc_ids):
-    """Two hand-written rephrases per document, in the generation shard layout."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from megadoc.generations import COLUMNS
-
-    rows = [{column: None for column in COLUMNS} | {"doc_id": doc_id, "kind": "rephrase", "index": i,
-                                                      "text": f"rephrase {i} of {doc_id}"}
+def _rephrases(doc_ids):
+    """Two hand-written rephrases per document."""
+    return [{"doc_id": doc_id, "kind": "rephrase", "index": i, "text": f"rephrase {i} of {doc_id}"}
             for doc_id in doc_ids for i in range(2)]
-    path = directory / "shard-00000-of-00001" / "chunk-00000.parquet"
-    path.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return str(directory)
 
 
-def test_no_validation_document_reaches_a_synthetic_stream(tmp_path, dclm_sample, llama3_hf, capsys):
+def test_no_validation_document_reaches_a_synthetic_stream(tmp_path, dclm_sample, llama3_hf, capsys,
+                                                          write_generations):
     _, out = _split(tmp_path, dclm_sample, llama3_hf)
     validation, train = load_validation_ids(out), _ids(out / "train.jsonl")
     for method in ("simple", "stitched"):
         stream = tmp_path / f"{method}.jsonl"
         argv = ["assemble", "--method", method, "--input", str(out / "train.jsonl"), "--output", str(stream),
-                "--generations", _generations(tmp_path / f"gen-{method}", train)]
+                "--generations", write_generations(tmp_path / f"gen-{method}", _rephrases(train))]
         assert main(argv) == 0, capsys.readouterr().err
         sources = [json.loads(line)["id"].split("/")[0] for line in stream.read_text().splitlines()]
         assert set(sources) == set(train)
         check_no_leak(sources, validation, what=str(stream))
     # Generations made from the whole corpus (validation documents included) are refused against the train split.
-    everything = _generations(tmp_path / "gen-all", _ids(out / "train.jsonl") + sorted(validation))
+    everything = write_generations(tmp_path / "gen-all", _rephrases(_ids(out / "train.jsonl") + sorted(validation)))
     argv = ["assemble", "--method", "simple", "--input", str(out / "train.jsonl"), "--generations", everything,
             "--output", str(tmp_path / "leaky.jsonl")]
     assert main(argv) == 1 and "not in the corpus" in capsys.readouterr().err

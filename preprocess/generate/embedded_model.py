@@ -70,11 +70,5 @@ def default_model_dir() -> str:
     return str(final)
 
 
-def check_model_dir(path: str) -> None:
-    """Refuse early, in one line, a --model that is not an HF model directory."""
-    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-        raise MegadocError(f"{path}: not a model directory (no config.json)")
-
-
 if __name__ == "__main__":
     print(default_model_dir())

@@ -1,5 +1,0 @@
-import sys
-
-from megadoc.cli import main
-
-sys.exit(main())
