@@ -8,7 +8,7 @@ import pytest
 
 from megadoc.cli import main
 from megadoc.errors import MegadocError
-from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 from megadoc_data.config import MegadocBlendConfig
 from megadoc_data.bridge import MegadocDatasetProvider
 from megadoc_data.datasets import build_datasets
@@ -23,7 +23,16 @@ def tokenizer(llama3_hf):
 
 
 @pytest.fixture
-def blend(tmp_path):
+def world_of_one():
+    """The process group a trainer would have: Megatron-Core caches indices per rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+@pytest.fixture
+def blend(tmp_path, world_of_one):
     """Real (184 samples per pass at 64 x 4), two synthetic streams; int32 tokens like Llama 3's."""
     real = write_dataset(tmp_path / "real", [300] * 40, dtype=numpy.int32, seed=1)
     syn = write_dataset(tmp_path / "syn", [500] * 60, dtype=numpy.int32, seed=2)
@@ -48,6 +57,16 @@ def test_dataset_index_counts_are_exact(blend, tokenizer):
     for i in (0, 1, len(train) - 1):
         assert train[i]["tokens"].shape == (L,)
     assert any(name.endswith("dataset_index.npy") for name in __import__("os").listdir(blend.path_to_cache))
+
+
+def test_the_index_cache_needs_the_callers_world(blend, tokenizer):
+    """Building never starts a process group behind the caller's back."""
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    with pytest.raises(MegadocError, match="initialise torch.distributed first"):
+        build_datasets(blend, tokenizer)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def test_same_seed_same_batches(blend, tokenizer, tmp_path):

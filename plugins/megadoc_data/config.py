@@ -1,4 +1,6 @@
-"""The blend configuration: what the paper's `DataEfficiencyConfig` fixes, in Megatron-Core's dataclass style."""
+"""The blend configuration: what the paper's `DataEfficiencyConfig` fixes, in Megatron-Core's dataclass style, and
+its command-line flags, declared once for `megadoc blend`, `megadoc train` and Megatron-LM scripts (which take them
+with a `--megadoc-` prefix beside their own --seq-length, --global-batch-size, --seed and --data-cache-path)."""
 
 import math
 from dataclasses import dataclass, field
@@ -77,3 +79,62 @@ class MegadocBlendConfig:
         if self.synthetic_weights and abs(sum(self.synthetic_weights) - 1.0) > 1e-6:
             raise MegadocError(f"synthetic_weights: {self.synthetic_weights} sum to "
                                f"{sum(self.synthetic_weights):g}, not 1")
+
+
+def add_blend_arguments(parser, prefix: str = "", validation: bool = True, trainer: bool = False,
+                        required: bool = True) -> None:
+    """The blend's flags. `prefix` names them for a host parser with flags of its own (Megatron-LM: 'megadoc-');
+    `trainer` adds what a trainer otherwise gives (--seq-length, --global-batch-size, --seed, --data-cache-path)
+    for a stage without one (`megadoc blend`)."""
+    group = parser.add_argument_group("megadoc blend")
+    group.add_argument(f"--{prefix}real-path", required=required, help="real training dataset prefix (P.bin / P.idx)")
+    group.add_argument(f"--{prefix}synthetic-path", nargs="+", default=[],
+                       help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2' (weights sum to 1)")
+    group.add_argument(f"--{prefix}real-epochs", type=float, default=1.0, help="E: passes over the real stream")
+    group.add_argument(f"--{prefix}synthetic-fraction", type=float, default=0.0,
+                       help="r: synthetic share of training sequences, in [0, 1)")
+    group.add_argument(f"--{prefix}base-steps", type=int, default=None,
+                       help="global batches per real pass (default: one full pass over the real tokens)")
+    if validation:
+        group.add_argument(f"--{prefix}valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
+        group.add_argument(f"--{prefix}long-valid-path", nargs="*", default=[],
+                           help="long-document validation prefixes")
+    if trainer:
+        group.add_argument("--seq-length", type=int, default=4096)
+        group.add_argument("--global-batch-size", type=int, default=64)
+        group.add_argument("--seed", type=int, default=1234)
+        group.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
+
+
+def parse_weighted(values: list[str], flag: str = "--synthetic-path") -> tuple[list[str], list[float] | None]:
+    """'p1 p2' or 'w1 p1 w2 p2' (Megatron-LM's --data-path form) -> prefixes, weights."""
+    def is_number(text):
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+
+    if not values or not is_number(values[0]):
+        return list(values), None
+    if len(values) % 2 or not all(is_number(w) for w in values[::2]):
+        raise MegadocError(f"{flag}: {' '.join(values)!r} is not 'weight prefix' pairs")
+    return list(values[1::2]), [float(w) for w in values[::2]]
+
+
+def blend_from_args(args, prefix: str = "", **trainer) -> MegadocBlendConfig:
+    """The one flags -> MegadocBlendConfig translation. `trainer` gives the fields the host's own flags carry
+    (seq_length, global_batch_size, seed, path_to_cache); missing ones are read from `args`."""
+    key = prefix.replace("-", "_")
+
+    def get(name, default=None):
+        return getattr(args, key + name, default)
+
+    prefixes, weights = parse_weighted(get("synthetic_path"), f"--{prefix}synthetic-path")
+    values = dict(seq_length=getattr(args, "seq_length", None), global_batch_size=getattr(args, "global_batch_size", None),
+                  seed=getattr(args, "seed", None), path_to_cache=getattr(args, "data_cache_path", None))
+    values.update(trainer)
+    return MegadocBlendConfig(
+        real_prefix=get("real_path"), synthetic_prefixes=prefixes, synthetic_weights=weights,
+        real_epochs=get("real_epochs"), synthetic_fraction=get("synthetic_fraction"), base_steps=get("base_steps"),
+        valid_prefixes=get("valid_path", []), long_valid_prefixes=get("long_valid_path", []), **values)

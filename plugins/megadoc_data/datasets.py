@@ -10,7 +10,7 @@ the others read its cache (Megatron-Core's build_generic_dataset), so several ra
 """
 
 import functools
-import os
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy
@@ -57,6 +57,34 @@ def _epoch_order(pass_samples: int, total: int, seed: int) -> numpy.ndarray:
     return numpy.concatenate([rng.permutation(pass_samples) for _ in range(epochs)])[:total]
 
 
+@dataclass(frozen=True)
+class VocabOnlyTokenizer:
+    """What GPTDataset needs from a tokenizer when only the vocabulary size is known (evaluation: the
+    checkpoint's vocabulary)."""
+
+    vocab_size: int
+    eod: int = 0
+
+    @property
+    def unique_identifiers(self) -> dict:
+        return {"class": type(self).__name__, "vocab_size": self.vocab_size}
+
+
+def single_prefix_dataset(prefix: str, tokenizer, seq_length: int, seed: int, num_samples: int | None = None,
+                          path_to_cache: str = ""):
+    """One .bin/.idx prefix packed as training packs it (documents shuffled and concatenated with their EODs,
+    cross-document attention on, no EOD masking): `num_samples` samples, or None for one epoch (every window
+    once). path_to_cache "" builds the indices in memory, never beside the data."""
+    read_source(prefix)  # a missing or inconsistent pair fails in one line, before Megatron-Core reads it
+    config = GPTDatasetConfig(
+        random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
+        path_to_cache=path_to_cache, tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False,
+        eod_mask_loss=False, create_attention_mask=False)
+    indexed = IndexedDataset(prefix, multimodal=False)
+    return GPTDataset(indexed, prefix, numpy.arange(len(indexed), dtype=numpy.int32), num_samples, Split.train,
+                      config)
+
+
 def gpt_config(config: MegadocBlendConfig, tokenizer, **overrides) -> GPTDatasetConfig:
     """The Megatron-Core config every source is built with (no surplus: counts are exact)."""
     fields = dict(random_seed=config.seed, sequence_length=config.seq_length,
@@ -68,12 +96,13 @@ def gpt_config(config: MegadocBlendConfig, tokenizer, **overrides) -> GPTDataset
     return GPTDatasetConfig(**{**fields, **overrides})
 
 
-def _ensure_process_group(config: MegadocBlendConfig) -> None:
-    """Megatron-Core reads the rank when it caches indices: give a lone process a world of one."""
+def _check_process_group(config: MegadocBlendConfig) -> None:
+    """Megatron-Core reads the rank when it caches indices: the caller's world must exist (a trainer's does)."""
     import torch.distributed as dist
 
     if config.path_to_cache and not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        raise MegadocError("path_to_cache: Megatron-Core caches indices per rank; initialise torch.distributed "
+                           "first (a world of one will do) or leave path_to_cache unset")
 
 
 def _source(prefix: str, num_samples, split: Split, gpt: GPTDatasetConfig, built_on_rank: Callable,
@@ -103,7 +132,7 @@ def build_datasets(config: MegadocBlendConfig, tokenizer, train_samples: int | N
                    valid_samples: int | None = None, built_on_rank: Callable = lambda: True):
     """(train BlendedDataset, validation dataset or list of them, None); the plain-Python entry point."""
     plan = check_plan(config, tokenizer, train_samples)
-    _ensure_process_group(config)
+    _check_process_group(config)
     gpt = gpt_config(config, tokenizer)
     streams = [(config.real_prefix, plan.real.sequences, plan.real.pass_sequences)]
     streams += [(s.prefix, s.sequences, None) for s in plan.synthetic]
@@ -113,42 +142,3 @@ def build_datasets(config: MegadocBlendConfig, tokenizer, train_samples: int | N
     valid = [_source(p, valid_samples, Split.valid, gpt, built_on_rank)
              for p in config.valid_prefixes + config.long_valid_prefixes]
     return train, (valid[0] if len(valid) == 1 else valid or None), None
-
-
-def megatron_lm_extra_args(parser):
-    """Megatron-LM `extra_args_provider`: the blend flags, prefixed so they never clash with Megatron-LM's own."""
-    group = parser.add_argument_group("megadoc blend")
-    group.add_argument("--megadoc-real-path", required=True)
-    group.add_argument("--megadoc-synthetic-path", nargs="+", default=[])
-    group.add_argument("--megadoc-real-epochs", type=float, default=1.0)
-    group.add_argument("--megadoc-synthetic-fraction", type=float, default=0.0)
-    group.add_argument("--megadoc-base-steps", type=int, default=None)
-    group.add_argument("--megadoc-valid-path", nargs="*", default=[])
-    group.add_argument("--megadoc-long-valid-path", nargs="*", default=[])
-    return parser
-
-
-def config_from_megatron_args(args) -> MegadocBlendConfig:
-    from megadoc_data.plan import parse_weighted
-
-    prefixes, weights = parse_weighted(args.megadoc_synthetic_path)
-    return MegadocBlendConfig(
-        real_prefix=args.megadoc_real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
-        real_epochs=args.megadoc_real_epochs, synthetic_fraction=args.megadoc_synthetic_fraction,
-        seq_length=args.seq_length, global_batch_size=args.global_batch_size, base_steps=args.megadoc_base_steps,
-        seed=args.seed, valid_prefixes=args.megadoc_valid_path, long_valid_prefixes=args.megadoc_long_valid_path,
-        path_to_cache=getattr(args, "data_cache_path", None))
-
-
-def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
-    """For `pretrain(train_valid_test_datasets_provider, ...)` in pretrain_gpt.py-style scripts (with
-    `extra_args_provider=megatron_lm_extra_args`); --train-iters must be the plan's."""
-    from megatron.training import get_args, get_tokenizer
-
-    train, valid, test = build_datasets(config_from_megatron_args(get_args()), get_tokenizer(),
-                                        train_samples=train_val_test_num_samples[0],
-                                        valid_samples=train_val_test_num_samples[1] or None)
-    return train, valid, test
-
-
-train_valid_test_datasets_provider.is_distributed = True

@@ -14,9 +14,9 @@ import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-from megadoc.atomic import atomic_write
+from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_data.config import MegadocBlendConfig
+from megadoc_data.config import MegadocBlendConfig, add_blend_arguments, blend_from_args
 from megadoc_data.sources import Source, check_same_dtype, read_source
 
 
@@ -164,61 +164,8 @@ def megatron_lm_flags(plan: Plan, config: MegadocBlendConfig) -> str:
     return " ".join(flags)
 
 
-def add_stream_arguments(group, real_required: bool = True) -> None:
-    """The flags naming the streams and the mix, shared by `megadoc blend` and `megadoc train`."""
-    group.add_argument("--real-path", required=real_required, help="real training dataset prefix (P.bin / P.idx)")
-    group.add_argument("--synthetic-path", nargs="+", default=[],
-                       help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2' (weights sum to 1)")
-    group.add_argument("--real-epochs", type=float, default=1.0, help="E: passes over the real stream")
-    group.add_argument("--synthetic-fraction", type=float, default=0.0, help="r: synthetic share of sequences")
-    group.add_argument("--base-steps", type=int, default=None,
-                       help="global batches per real pass (default: one full pass over the real tokens)")
-    group.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
-
-
-def add_config_arguments(parser) -> None:
-    """The blend flags of `megadoc blend`: the streams, plus what a trainer would otherwise give."""
-    group = parser.add_argument_group("megadoc blend")
-    add_stream_arguments(group)
-    group.add_argument("--seq-length", type=int, default=4096)
-    group.add_argument("--global-batch-size", type=int, default=64)
-    group.add_argument("--seed", type=int, default=1234)
-    group.add_argument("--valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
-    group.add_argument("--long-valid-path", nargs="*", default=[], help="long-document validation prefixes")
-
-
-def parse_weighted(values: list[str]) -> tuple[list[str], list[float] | None]:
-    """'p1 p2' or 'w1 p1 w2 p2' (Megatron-LM's --data-path form) -> prefixes, weights."""
-    def is_number(text):
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    if not values or not is_number(values[0]):
-        return list(values), None
-    if len(values) % 2 or not all(is_number(w) for w in values[::2]):
-        raise MegadocError(f"--synthetic-path: {' '.join(values)!r} is not 'weight prefix' pairs")
-    return list(values[1::2]), [float(w) for w in values[::2]]
-
-
-def stream_config(args, **fields) -> MegadocBlendConfig:
-    """The blend the stream flags describe; `fields` are the rest (seq_length, global_batch_size, seed, ...)."""
-    prefixes, weights = parse_weighted(args.synthetic_path)
-    return MegadocBlendConfig(
-        real_prefix=args.real_path, synthetic_prefixes=prefixes, synthetic_weights=weights,
-        real_epochs=args.real_epochs, synthetic_fraction=args.synthetic_fraction, base_steps=args.base_steps,
-        path_to_cache=args.data_cache_path, **fields)
-
-
-def config_from_args(args) -> MegadocBlendConfig:
-    return stream_config(args, seq_length=args.seq_length, global_batch_size=args.global_batch_size, seed=args.seed,
-                         valid_prefixes=args.valid_path, long_valid_prefixes=args.long_valid_path)
-
-
 def add_arguments(parser) -> None:
-    add_config_arguments(parser)
+    add_blend_arguments(parser, trainer=True)
     parser.add_argument("--emit", choices=("table", "megatron-lm"), default="table",
                         help="print the budget table, or the equivalent Megatron-LM flags")
     parser.add_argument("--output", default=None, help="also write the plan as JSON here")
@@ -226,7 +173,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    config = config_from_args(args)
+    config = blend_from_args(args)
     plan = plan_from_data(config)
     if args.output:
         with atomic_write(args.output, "w") as handle:

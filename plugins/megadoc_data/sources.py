@@ -1,20 +1,14 @@
-"""What a plan needs to know about a Megatron indexed dataset, read from its .idx header without Megatron-Core.
+"""What a plan needs to know about a Megatron indexed dataset, read from its .idx without Megatron-Core.
 
-Reading the header alone keeps `megadoc blend` instant and lets a bad plan fail before any index is built.
+Reading the index alone keeps `megadoc blend` instant and lets a bad plan fail before any index is built.
 """
 
-import os
-import struct
 from dataclasses import dataclass
 
 import numpy
 
 from megadoc.errors import MegadocError
-
-_HEADER = b"MMIDIDX\x00\x00"
-# Megatron-Core's DType codes (megatron.core.datasets.indexed_dataset.DType).
-_DTYPES = {1: numpy.uint8, 2: numpy.int8, 3: numpy.int16, 4: numpy.int32, 5: numpy.int64, 6: numpy.float64,
-           7: numpy.float32, 8: numpy.uint16}
+from megadoc.preprocess.indexed import optimal_dtype, read_index
 
 
 @dataclass(frozen=True)
@@ -22,7 +16,7 @@ class Source:
     """One indexed dataset: its token dtype and the lengths of its sequences."""
 
     prefix: str
-    dtype: type
+    dtype: numpy.dtype
     sequence_lengths: numpy.ndarray
 
     @property
@@ -35,21 +29,9 @@ class Source:
 
 
 def read_source(prefix: str) -> Source:
-    """The header of P.idx (P.bin must exist too): dtype and sequence lengths."""
-    for suffix in (".idx", ".bin"):
-        if not os.path.isfile(prefix + suffix):
-            raise MegadocError(f"{prefix}{suffix}: no such file (a dataset prefix names P.bin and P.idx)")
-    with open(prefix + ".idx", "rb") as stream:
-        if stream.read(9) != _HEADER:
-            raise MegadocError(f"{prefix}.idx: not a Megatron indexed dataset (bad header)")
-        stream.read(8)  # version
-        code = struct.unpack("<B", stream.read(1))[0]
-        count = struct.unpack("<Q", stream.read(8))[0]
-        stream.read(8)  # document count
-        lengths = numpy.fromfile(stream, dtype=numpy.int32, count=count)
-    if code not in _DTYPES or len(lengths) != count:
-        raise MegadocError(f"{prefix}.idx: truncated or unknown dtype code {code}")
-    return Source(prefix, _DTYPES[code], lengths)
+    """P.idx, checked against P.bin: dtype and sequence lengths."""
+    data = read_index(prefix)
+    return Source(prefix, data.dtype, data.sequence_lengths)
 
 
 def check_same_dtype(sources: list[Source]) -> None:
@@ -57,13 +39,13 @@ def check_same_dtype(sources: list[Source]) -> None:
     first = sources[0]
     for source in sources[1:]:
         if source.dtype != first.dtype:
-            raise MegadocError(f"{source.prefix}.idx: token dtype {numpy.dtype(source.dtype).name} differs from "
-                               f"{first.prefix}.idx ({numpy.dtype(first.dtype).name}): different vocabularies")
+            raise MegadocError(f"{source.prefix}.idx: token dtype {source.dtype.name} differs from "
+                               f"{first.prefix}.idx ({first.dtype.name}): different vocabularies")
 
 
 def check_vocab(source: Source, vocab_size: int) -> None:
     """The dtype Megatron-Core's builder picks for vocab_size must be the one the source was written with."""
-    expected = numpy.uint16 if vocab_size is not None and vocab_size < 65500 else numpy.int32
+    expected = optimal_dtype(vocab_size)
     if source.dtype != expected:
-        raise MegadocError(f"{source.prefix}.idx: token dtype {numpy.dtype(source.dtype).name} does not match the "
-                           f"tokenizer's vocabulary of {vocab_size} ({numpy.dtype(expected).name})")
+        raise MegadocError(f"{source.prefix}.idx: token dtype {source.dtype.name} does not match the "
+                           f"tokenizer's vocabulary of {vocab_size} ({expected.name})")

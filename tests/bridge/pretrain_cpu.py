@@ -120,7 +120,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from megadoc_recipes import device_shim
+    from megadoc.training import device_shim
 
     device_shim.activate()
 
@@ -131,7 +131,7 @@ def main() -> None:
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    from megadoc_recipes.bridge_recipes import apply_overrides, megadoc_tiny_pretrain_config
+    from megadoc.recipes.bridge import apply_overrides, megadoc_tiny_pretrain_config
 
     bridge_setup.initialize_megatron = functools.partial(bridge_setup.initialize_megatron, allow_no_cuda=True)
     bridge_initialize.compile_helpers = lambda: None

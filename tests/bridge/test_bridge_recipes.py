@@ -21,8 +21,8 @@ from megadoc.errors import MegadocError
 from megadoc_data.bridge import MegadocDatasetProvider
 from megadoc_data.config import MegadocBlendConfig
 from megadoc_data.plan import plan_from_data
-from megadoc_recipes.bridge_recipes import apply_overrides, megadoc_300m_pretrain_config, pretrain_config
-from megadoc_recipes.models import MODELS
+from megadoc.recipes.bridge import apply_overrides, megadoc_300m_pretrain_config, pretrain_config
+from megadoc.recipes.models import MODELS
 
 BIN = Path(sys.executable).parent
 PAPER_300M = 299_649_792
@@ -192,7 +192,8 @@ def test_megatron_lm_provider_reads_real_megatron_lm_arguments(blend_data, llama
     from megatron.training import global_vars
     from megatron.training.arguments import parse_args, validate_args
 
-    from megadoc_data.datasets import build_datasets, megatron_lm_extra_args, train_valid_test_datasets_provider
+    from megadoc_data.datasets import build_datasets
+    from megadoc_data.megatron_lm import megatron_lm_extra_args, train_valid_test_datasets_provider
 
     argv = ["pretrain_gpt.py", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(llama3_hf),
             "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64",
