@@ -6,10 +6,9 @@ their dimensions, never by a parameter budget, so `parameter_count` can be check
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-BASE_TRAIN_STEPS = 777
-"""Steps of one pass over the 203.7M real tokens at 64 x 4096 tokens per step (the "203M" in run names)."""
+from megadoc.preprocess.tokenizer import TokenizerSpec
 
 LLAMA3_VOCAB_SIZE = 128_256
 """The Llama 3 tokenizer's vocabulary, which the paper's parameter counts imply."""
@@ -94,23 +93,19 @@ class ParallelRecipe:
 
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
-    context_parallel_size: int = 1
 
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """One training run: a model, the optimizer, the data mix (E, r) and the parallel layout."""
+    """How one run trains: a model, the optimizer, the parallel layout, the batch and the tokenizer. What it trains
+    on (the blend, E and r, and so train_iters) is the data plan's, recorded beside it (training.checkpoints)."""
 
     model: ModelRecipe
     """The decoder to train."""
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     """AdamW settings; lr and weight decay are the tuned ones."""
-    real_epochs: int = 16
-    """E: passes over the real tokens through the real stream."""
-    synthetic_ratio: float = 0.0
-    """r: fraction of training sequences drawn from the synthetic stream (0 for real data only)."""
     parallel: ParallelRecipe = field(default_factory=ParallelRecipe)
-    """TP / PP / CP sizes."""
+    """TP / PP sizes."""
     global_batch_size: int = 64
     """Sequences per optimizer step."""
     micro_batch_size: int = 1
@@ -119,19 +114,42 @@ class TrainingRecipe:
     """Compute in bfloat16 with fp32 parameters (the paper's jmp policy p=f32,c=bfloat16)."""
     vocab_size: int = LLAMA3_VOCAB_SIZE
     """Tokenizer vocabulary (before Megatron's padding for tensor parallelism)."""
-    tokenizer_model: str | None = None
-    """Path of the tokenizer (HF folder, sentencepiece or tiktoken file), as Megatron-LM's --tokenizer-model."""
-    base_train_steps: int = BASE_TRAIN_STEPS
-    """Steps of one real epoch."""
+    tokenizer: TokenizerSpec | None = None
+    """The tokenizer the data was written with (None: only its vocabulary is known)."""
 
-    def __post_init__(self):
-        if not 0.0 <= self.synthetic_ratio < 1.0:
-            raise ValueError(f"synthetic_ratio must be in [0, 1), got {self.synthetic_ratio}")
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingRecipe":
+        """The inverse of `dataclasses.asdict` (how megadoc_recipe.json stores it)."""
+        return cls(**{**data, "model": ModelRecipe(**data["model"]), "optimizer": OptimizerRecipe(**data["optimizer"]),
+                      "parallel": ParallelRecipe(**data["parallel"]),
+                      "tokenizer": TokenizerSpec(**data["tokenizer"]) if data.get("tokenizer") else None})
 
-    @property
-    def train_iters(self) -> int:
-        """floor(base steps x E / (1 - r)): the real stream is seen E times, the rest is synthetic."""
-        return math.floor(self.base_train_steps * self.real_epochs / (1.0 - self.synthetic_ratio) + 1e-9)
+
+def add_recipe_arguments(parser) -> None:
+    """The flags of a TrainingRecipe (Megatron-LM's names), declared once."""
+    group = parser.add_argument_group("model recipe")
+    group.add_argument("--recipe", default="tiny", choices=sorted(MODELS), help="model size")
+    group.add_argument("--seq-length", type=int, help="context length (default: the recipe's)")
+    group.add_argument("--global-batch-size", type=int, default=64)
+    group.add_argument("--micro-batch-size", type=int, default=1)
+    group.add_argument("--lr", type=float, default=OptimizerRecipe.lr, help="peak learning rate")
+    group.add_argument("--weight-decay", type=float, default=OptimizerRecipe.weight_decay)
+    group.add_argument("--clip-grad", type=float, default=OptimizerRecipe.clip_grad)
+    group.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    group.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+
+
+def recipe_from_args(args, vocab_size: int, tokenizer: TokenizerSpec | None) -> TrainingRecipe:
+    """The one flags -> TrainingRecipe translation."""
+    model = MODELS[args.recipe]
+    if args.seq_length:
+        model = replace(model, seq_length=args.seq_length)
+    return TrainingRecipe(
+        model=model,
+        optimizer=OptimizerRecipe(lr=args.lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad),
+        parallel=ParallelRecipe(args.tensor_model_parallel_size, args.pipeline_model_parallel_size),
+        global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size, vocab_size=vocab_size,
+        tokenizer=tokenizer)
 
 
 def padded_vocab_size(vocab_size: int, tensor_model_parallel_size: int = 1, divisible_by: int = 128) -> int:
@@ -176,7 +194,6 @@ def transformer_config(recipe: TrainingRecipe, cpu: bool = False):
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
         use_cpu_initialization=cpu,
     )
 

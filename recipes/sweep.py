@@ -1,15 +1,35 @@
-"""The paper's hyperparameter grid and its convex-tuning neighbourhood, as lists of named runs.
+"""The paper's hyperparameter grid, its convex-tuning neighbourhood, and the one run-name scheme.
 
 Convex tuning: around a centre configuration, run the centre and one grid step up and down in each of E, r, lr and
 wd (9 runs at most; fewer at the grid's edges, and no r axis for real data only). The centre is "locally optimal"
-when no neighbour beats it. Run names follow the paper's pattern, with readable stream names:
-`300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64`.
+when no neighbour beats it. Run names follow the paper's pattern with readable stream names and the real-token
+budget: `300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64`.
 """
 
 import itertools
 from dataclasses import dataclass, replace
 
-from megadoc_recipes.models import MODELS, OptimizerRecipe, TrainingRecipe
+from megadoc.recipes.models import MODELS
+
+
+def token_label(tokens: int) -> str:
+    """A real-token budget as run names write it: 203,685,888 -> '203M', 1.6e9 -> '1.6B', 12,000 -> '12K'."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if tokens >= size:
+            value = tokens / size
+            return f"{int(value)}{unit}" if value >= 100 else f"{value:.3g}{unit}"
+    return str(tokens)
+
+
+def run_name(model_prefix: str, real_tokens: int, real_epochs: float, lr: float, weight_decay: float,
+             global_batch_size: int, stream: str | None = None, synthetic_fraction: float = 0.0,
+             name_prefix: str = "") -> str:
+    """The paper's run-name pattern: <model>-<real tokens>x<E>-<data>-cos-lr<lr>-wd<wd>-bs<batch>, where <data> is
+    `real` or `real+<stream>^<r>`; `name_prefix` (a pipeline's name) goes first."""
+    data = "real" if stream is None else f"real+{stream}^{synthetic_fraction:g}"
+    name = (f"{model_prefix}-{token_label(real_tokens)}x{real_epochs:g}-{data}-cos-lr{lr:.4f}-wd{weight_decay:.2f}"
+            f"-bs{global_batch_size}")
+    return f"{name_prefix}-{name}" if name_prefix else name
 
 
 @dataclass(frozen=True)
@@ -18,18 +38,20 @@ class Grid:
 
     real_epochs: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     """E: passes over the real data."""
-    synthetic_ratio: tuple[float, ...] = (0.5, 0.75, 0.9)
+    synthetic_fraction: tuple[float, ...] = (0.5, 0.75, 0.9)
     """r: fraction of sequences from the synthetic stream."""
     weight_decay: tuple[float, ...] = (0.1, 0.4, 0.8, 1.6)
     lr: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
 
 
 PAPER_GRID = Grid()
+PAPER_REAL_TOKENS = 203_685_888
+"""One real epoch of the paper: 777 steps x 64 x 4096 tokens (the "203M" in its run names)."""
 
 
 @dataclass(frozen=True)
 class Run:
-    """One point of a sweep: a model, a synthetic stream (or none) and the four tuned values."""
+    """One point of a sweep: a model, a synthetic stream (or none), the real-token budget and the tuned values."""
 
     model: str
     """A key of MODELS."""
@@ -38,39 +60,29 @@ class Run:
     weight_decay: float
     stream: str | None = None
     """Synthetic stream name, e.g. `stitched32`, `simple16`, `stretched32`; None for real data only."""
-    synthetic_ratio: float = 0.0
+    synthetic_fraction: float = 0.0
     """r; must be 0 exactly when stream is None."""
     global_batch_size: int = 64
+    real_tokens: int = PAPER_REAL_TOKENS
+    """D: real tokens in one real epoch."""
 
     def __post_init__(self):
-        if (self.stream is None) != (self.synthetic_ratio == 0.0):
-            raise ValueError(f"a stream needs a synthetic ratio > 0 and real-only runs need 0: {self}")
+        if (self.stream is None) != (self.synthetic_fraction == 0.0):
+            raise ValueError(f"a stream needs a synthetic fraction > 0 and real-only runs need 0: {self}")
 
     @property
     def name(self) -> str:
-        data = "real" if self.stream is None else f"real+{self.stream}^{self.synthetic_ratio:g}"
-        prefix = MODELS[self.model].run_prefix
-        return (f"{prefix}-203Mx{self.real_epochs}-{data}-cos-lr{self.lr:.4f}-wd{self.weight_decay:.2f}"
-                f"-bs{self.global_batch_size}")
-
-    def recipe(self, **overrides) -> TrainingRecipe:
-        """The training recipe of this run; `overrides` set other TrainingRecipe fields (parallel, tokenizer)."""
-        return TrainingRecipe(
-            model=MODELS[self.model],
-            optimizer=OptimizerRecipe(lr=self.lr, weight_decay=self.weight_decay),
-            real_epochs=self.real_epochs,
-            synthetic_ratio=self.synthetic_ratio,
-            global_batch_size=self.global_batch_size,
-            **overrides,
-        )
+        return run_name(MODELS[self.model].run_prefix, self.real_tokens, self.real_epochs, self.lr,
+                        self.weight_decay, self.global_batch_size, self.stream, self.synthetic_fraction)
 
 
-def grid_runs(model: str, stream: str | None, grid: Grid = PAPER_GRID) -> list[Run]:
+def grid_runs(model: str, stream: str | None, grid: Grid = PAPER_GRID, real_tokens: int = PAPER_REAL_TOKENS
+              ) -> list[Run]:
     """Every combination of the grid for one model and stream (no r axis for real data only)."""
-    ratios = grid.synthetic_ratio if stream is not None else (0.0,)
+    fractions = grid.synthetic_fraction if stream is not None else (0.0,)
     return [
-        Run(model, e, lr, wd, stream, r)
-        for e, r, lr, wd in itertools.product(grid.real_epochs, ratios, grid.lr, grid.weight_decay)
+        Run(model, e, lr, wd, stream, r, real_tokens=real_tokens)
+        for e, r, lr, wd in itertools.product(grid.real_epochs, fractions, grid.lr, grid.weight_decay)
     ]
 
 
@@ -86,7 +98,7 @@ def neighbourhood(centre: Run, grid: Grid = PAPER_GRID) -> list[Run]:
     """The centre first, then +/-1 grid step in E, r, lr and wd, one axis at a time."""
     axes = {"real_epochs": grid.real_epochs, "lr": grid.lr, "weight_decay": grid.weight_decay}
     if centre.stream is not None:
-        axes["synthetic_ratio"] = grid.synthetic_ratio
+        axes["synthetic_fraction"] = grid.synthetic_fraction
     runs = [centre]
     for axis, values in axes.items():
         runs += [replace(centre, **{axis: v}) for v in _steps(getattr(centre, axis), values)]

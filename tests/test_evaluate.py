@@ -38,7 +38,7 @@ def _write_prefix(prefix: str, documents: list[list[int]], dtype=np.int32) -> st
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, dclm_sample, llama3_hf) -> dict[str, str]:
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerSpec(str(llama3_hf)))
     texts = [json.loads(line)["text"] for line in dclm_sample.read_text().splitlines()[:SPLITS["short"][1]]]
@@ -80,11 +80,11 @@ def _eval(checkpoint: Path, corpus: dict, out: Path, *flags: str, nproc: int = 1
 @pytest.fixture(scope="module")
 def world1(tmp_path_factory, checkpoint, corpus) -> tuple[Path, dict]:
     """One world-1 evaluation of the trained checkpoint, recorded in a runs registry."""
-    from megadoc_recipes.registry import RunRecord, record_run
+    from megadoc.training.registry import RunRecord, record_run
 
     root = tmp_path_factory.mktemp("eval")
-    record_run(root / "runs.csv", RunRecord(run="tiny-real", method="real", G=0, real_tokens=1000, E=1.0, r=None,
-                                            lr=3e-3, wd=0.8))
+    record_run(root / "runs.csv", RunRecord(run="tiny-real", method="real", generations=0, real_tokens=1000,
+                                            real_epochs=1.0, synthetic_fraction=None, lr=3e-3, weight_decay=0.8))
     out = root / "evals" / "tiny-real"
     return out, _eval(checkpoint, corpus, out, "--registry", str(root / "runs.csv"), "--run", "tiny-real")
 
@@ -94,17 +94,14 @@ def _direct_losses(checkpoint: Path, windows) -> tuple[np.ndarray, np.ndarray]:
     import torch
     import torch.nn.functional as F
     from megatron.core import dist_checkpointing
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megadoc_recipes import device_shim
-    from megadoc_recipes.cpu_train import build_model, init_distributed, load_recipe
-    from megadoc_recipes.evaluate import eval_recipe
-    from megadoc_recipes.models import ParallelRecipe
+    from megadoc.evaluation.evaluate import eval_recipe
+    from megadoc.recipes.models import ParallelRecipe
+    from megadoc.training.checkpoints import load_run_config
+    from megadoc.training.runtime import build_model, start
 
-    device_shim.activate()
-    init_distributed(ParallelRecipe())
-    model_parallel_cuda_manual_seed(1)
-    model = build_model(eval_recipe(load_recipe(str(checkpoint)), ParallelRecipe()))
+    start(ParallelRecipe(), 1)
+    model = build_model(eval_recipe(load_run_config(str(checkpoint)).recipe, ParallelRecipe()))
     path = checkpoint / f"iter_{int((checkpoint / 'latest_checkpointed_iteration.txt').read_text()):07d}"
     model.load_state_dict(dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))["model"])
     model.eval()
@@ -127,8 +124,8 @@ def test_losses_equal_a_direct_forward_pass(world1, checkpoint, corpus):
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megadoc_recipes.evaluate import open_prefix, packed_windows
-    from megadoc_recipes.metrics import load_curve
+    from megadoc.evaluation.evaluate import open_prefix, packed_windows
+    from megadoc.evaluation.metrics import load_curve
 
     out, results = world1
     # Long set: one window per document of >= SEQ + 1 tokens, from its first token, read here straight from disk.
@@ -172,7 +169,7 @@ def test_training_lowers_the_loss(tmp_path, world1, checkpoint, corpus):
 
 @pytest.mark.parametrize("flag", ["--tensor-model-parallel-size", "--pipeline-model-parallel-size"])
 def test_two_way_model_parallel_eval_matches_world1(tmp_path, world1, checkpoint, corpus, flag):
-    from megadoc_recipes.metrics import load_curve
+    from megadoc.evaluation.metrics import load_curve
 
     out, single = world1
     results = _eval(checkpoint, corpus, tmp_path / "tp2", flag, "2", nproc=2)
@@ -185,7 +182,7 @@ def test_two_way_model_parallel_eval_matches_world1(tmp_path, world1, checkpoint
 
 
 def test_data_parallel_ranks_share_every_window_once():
-    from megadoc_recipes.evaluate import micro_batches
+    from megadoc.evaluation.evaluate import micro_batches
 
     ranks = [micro_batches(10, 3, rank, 2) for rank in range(2)]
     assert ranks == [[[0, 1, 2], [6, 7, 8]], [[3, 4, 5], [9, -1, -1]]]
@@ -193,7 +190,7 @@ def test_data_parallel_ranks_share_every_window_once():
 
 
 def test_registry_row_gets_the_results(world1):
-    from megadoc_recipes.registry import read_registry
+    from megadoc.training.registry import read_registry
 
     out, results = world1
     (row,) = read_registry(out.parents[1] / "runs.csv")
@@ -212,21 +209,24 @@ def _bad(tmp_path, checkpoint, corpus):
     big_vocab = tmp_path / "big_vocab"
     shutil.copytree(checkpoint, big_vocab)
     recipe = json.loads((big_vocab / "megadoc_recipe.json").read_text())
-    (big_vocab / "megadoc_recipe.json").write_text(json.dumps({**recipe, "vocab_size": 128_256}))
+    recipe["recipe"]["vocab_size"] = 128_256
+    (big_vocab / "megadoc_recipe.json").write_text(json.dumps(recipe))
     uint16 = _write_prefix(str(tmp_path / "uint16"), [[1, 2, 3] * 40], dtype=np.uint16)
     foreign = _write_prefix(str(tmp_path / "foreign"), [[1, VOCAB + 5] * 40])
     short = _write_prefix(str(tmp_path / "short"), [[1, 2, 3]] * 10)
-    (tmp_path / "runs.csv").write_text("run,method,G,real_tokens,E,r,lr,wd\nother,real,0,1,1.0,,0.003,0.8\n")
+    (tmp_path / "runs.csv").write_text("run,method,generations,real_tokens,real_epochs,synthetic_fraction,lr,"
+                                       "weight_decay\nother,real,0,1,1.0,,0.003,0.8\n")
     return {
         "no checkpoint": (["--load", str(tmp_path / "nowhere")], "no latest_checkpointed_iteration.txt"),
         "no recipe": (["--load", str(no_recipe)], "megadoc_recipe.json: missing"),
-        "no prefix": (["--valid-path", str(tmp_path / "missing")], "no .bin/.idx pair"),
+        "no prefix": (["--valid-path", str(tmp_path / "missing")], "missing.idx: no such file"),
         "foreign ids": (["--valid-path", foreign], f"token id {VOCAB + 5} is outside the checkpoint's vocabulary"),
         "dtype": (["--load", str(big_vocab), "--valid-path", uint16], "uint16 tokens"),
         "iid too short": (["--valid-path", short], "fewer than one window"),
         "no long document": (["--long-valid-path", short], "none of its 10 documents has seq_length + 1 = 65 tokens"),
         "beyond": (["--beyond", "64"], "--beyond: positions run 0..63"),
-        "registry alone": (["--registry", str(tmp_path / "runs.csv")], "--registry and --run go together"),
+        "registry alone": (["--registry", str(tmp_path / "runs.csv")], "not recorded in a registry; give --run-name"),
+        "run alone": (["--run-name", "tiny"], "give --registry too"),
         "unknown run": (["--registry", str(tmp_path / "runs.csv"), "--run", "tiny"], "no run named 'tiny'"),
     }
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from megadoc_recipes.models import MODELS, ParallelRecipe, TrainingRecipe, gpt_model_kwargs, transformer_config
-from megadoc_recipes.sweep import Run, grid_runs, neighbourhood
+from megadoc.recipes.models import MODELS, ParallelRecipe, TrainingRecipe, gpt_model_kwargs, transformer_config
+from megadoc.recipes.sweep import Run, grid_runs, neighbourhood, token_label
 
 PAPER_COUNTS = {"150m": 154_147_328, "300m": 299_649_792, "600m": 602_457_088, "1.5b": 1_540_732_416}
 
@@ -14,8 +14,8 @@ def test_parameter_counts_match_paper(name):
 
 
 def test_tiny_count_matches_instantiated_gpt_model():
-    from megadoc_recipes import device_shim
-    from megadoc_recipes.cpu_train import build_model, init_distributed
+    from megadoc.training import device_shim
+    from megadoc.training.runtime import build_model, init_distributed
 
     device_shim.activate()
     init_distributed(ParallelRecipe())
@@ -31,8 +31,8 @@ def test_init_distributed_replaces_groups_of_a_destroyed_world():
     import torch
     from megatron.core import parallel_state
 
-    from megadoc_recipes import device_shim
-    from megadoc_recipes.cpu_train import init_distributed
+    from megadoc.training import device_shim
+    from megadoc.training.runtime import init_distributed
 
     device_shim.activate()
     init_distributed(ParallelRecipe())
@@ -53,13 +53,9 @@ def test_transformer_config_is_llama_style():
     assert kwargs["position_embedding_type"] == "rope" and kwargs["max_sequence_length"] == 4096
 
 
-def test_train_iters_follow_epochs_and_ratio():
-    assert TrainingRecipe(model=MODELS["300m"], real_epochs=16).train_iters == 777 * 16
-    assert TrainingRecipe(model=MODELS["300m"], real_epochs=32, synthetic_ratio=0.9).train_iters == 248_640
-    assert TrainingRecipe(model=MODELS["300m"], real_epochs=8, synthetic_ratio=0.75).train_iters == 24_864
-
-
 def test_run_names_follow_paper():
+    assert token_label(203_685_888) == "203M" and token_label(1_600_000_000) == "1.6B" and token_label(52_430) == "52.4K"
+    assert Run("300m", 16, 3e-3, 1.6, real_tokens=407_371_776).name.startswith("300m4k-407Mx16-real-")
     assert Run("300m", 32, 1e-3, 0.4, "stitched32", 0.9).name == \
         "300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64"
     assert Run("300m", 16, 3e-3, 1.6).name == "300m4k-203Mx16-real-cos-lr0.0030-wd1.60-bs64"
@@ -80,11 +76,11 @@ def test_neighbourhood_interior_has_nine_points():
     runs = neighbourhood(centre)
     assert runs[0] == centre and len(runs) == 9 and len({r.name for r in runs}) == 9
     assert {r.real_epochs for r in runs} == {4, 8, 16}
-    assert {r.synthetic_ratio for r in runs} == {0.5, 0.75, 0.9}
+    assert {r.synthetic_fraction for r in runs} == {0.5, 0.75, 0.9}
     assert {r.lr for r in runs} == {1e-3, 3e-3, 1e-2}
     assert {r.weight_decay for r in runs} == {0.1, 0.4, 0.8}
     # each neighbour differs from the centre in exactly one field
-    fields = ("real_epochs", "synthetic_ratio", "lr", "weight_decay")
+    fields = ("real_epochs", "synthetic_fraction", "lr", "weight_decay")
     assert all(sum(getattr(r, f) != getattr(centre, f) for f in fields) == 1 for r in runs[1:])
 
 

@@ -2,13 +2,14 @@
 
 import multiprocessing
 
-from megadoc_recipes.registry import RunRecord, read_registry, record_run, update_run
+from megadoc.training.registry import RunRecord, read_registry, record_run, update_run
 
 
 def _record(path: str, worker: int) -> None:
     for i in range(10):
         name = f"w{worker}-r{i}"
-        record_run(path, RunRecord(run=name, method="real", G=0, real_tokens=1000, E=1.0, r=None, lr=3e-3, wd=0.8))
+        record_run(path, RunRecord(run=name, method="real", generations=0, real_tokens=1000, real_epochs=1.0,
+                                   synthetic_fraction=None, lr=3e-3, weight_decay=0.8))
         update_run(path, name, iid_loss=float(worker * 100 + i))
 
 

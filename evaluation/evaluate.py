@@ -32,13 +32,13 @@ import numpy as np
 import orjson
 import torch
 
-from megadoc.atomic import atomic_write
+from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
-from megadoc_recipes.cpu_train import (VocabOnlyTokenizer, build_model, checkpoint_path, init_distributed,
-                                      load_recipe)
-from megadoc_recipes.metrics import LossAccumulator, save_curve
-from megadoc_recipes.models import ParallelRecipe, TrainingRecipe, padded_vocab_size
-from megadoc_recipes.registry import read_registry, update_run
+from megadoc.evaluation.metrics import LossAccumulator, save_curve
+from megadoc.recipes.models import ParallelRecipe, TrainingRecipe, padded_vocab_size
+from megadoc.training.checkpoints import checkpoint_path, load_run_config, load_weights
+from megadoc.training.registry import read_registry, update_run
+from megadoc.training.runtime import build_model, start, to_device
 
 EVAL_JSON, CURVE_JSON, CURVE_PNG = "eval.json", "loss_by_position.json", "loss_by_position.png"
 SEED = 1234
@@ -46,8 +46,6 @@ SEED = 1234
 RNG tracker's seed (no dropout in evaluation; Megatron-Core wants the states anyway)."""
 MICROBATCHES_PER_CALL = 8
 """Micro-batches per pipeline-schedule call (enough to fill a pipeline; the progress bar moves per call)."""
-UINT16_MAX_VOCAB = 65_500
-"""Megatron-LM writes tokens as uint16 below this vocabulary size, else int32."""
 
 
 def add_arguments(parser) -> None:
@@ -62,9 +60,10 @@ def add_arguments(parser) -> None:
                         "(default: seq_length // 2)")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    parser.add_argument("--registry", help="runs registry CSV: set this run's losses and curve (needs --run)")
+    parser.add_argument("--registry", help="runs registry CSV: set this run's losses and curve")
     # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
-    parser.add_argument("--run-name", "--run", dest="run", help="the run's name in the registry")
+    parser.add_argument("--run-name", "--run", dest="run",
+                        help="the run's name in the registry (default: the name megadoc train recorded)")
     parser.set_defaults(func=run)
 
 
@@ -111,41 +110,32 @@ def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRec
 
 
 def open_prefix(prefix: str, vocab_size: int):
-    """The IndexedDataset of a prefix, checked against the checkpoint's vocabulary."""
+    """The IndexedDataset of a prefix, checked (in one line, before Megatron-Core reads it) to be a consistent pair
+    written with the checkpoint's vocabulary."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    if not Path(prefix + ".idx").is_file() or not Path(prefix + ".bin").is_file():
-        raise MegadocError(f"{prefix}: no .bin/.idx pair with this prefix")
-    try:
-        indexed = IndexedDataset(prefix, multimodal=False)
-    except (AssertionError, ValueError, OSError, KeyError) as error:
-        raise MegadocError(f"{prefix}: not a Megatron indexed dataset ({error})") from None
-    dtype = np.dtype(indexed.index.dtype)
-    if dtype == np.uint16 and vocab_size >= UINT16_MAX_VOCAB:
-        raise MegadocError(f"{prefix}: uint16 tokens, so written with a vocabulary below {UINT16_MAX_VOCAB}; the "
+    from megadoc.preprocess.indexed import UINT16_VOCAB_LIMIT, read_index
+
+    data = read_index(prefix)
+    if data.dtype == np.uint16 and vocab_size >= UINT16_VOCAB_LIMIT:
+        raise MegadocError(f"{prefix}: uint16 tokens, so written with a vocabulary below {UINT16_VOCAB_LIMIT}; the "
                            f"checkpoint's has {vocab_size} (another tokenizer?)")
-    if Path(prefix + ".bin").stat().st_size:
-        top = int(np.memmap(prefix + ".bin", dtype=dtype, mode="r").max())
+    if data.num_tokens:
+        top = int(data.tokens.max())
         if top >= vocab_size:
             raise MegadocError(f"{prefix}: token id {top} is outside the checkpoint's vocabulary of {vocab_size} "
                                "(another tokenizer?)")
-    return indexed
+    return IndexedDataset(prefix, multimodal=False)
 
 
 def packed_windows(indexed, prefix: str, seq_length: int, vocab_size: int):
     """Every seq_length window of the prefix once, packed as training packs (one GPTDataset epoch)."""
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-    from megatron.core.datasets.utils import Split
+    from megadoc_data.datasets import VocabOnlyTokenizer, single_prefix_dataset
 
     tokens = int(indexed.sequence_lengths.sum())
     if tokens < seq_length + 1:
         raise MegadocError(f"{prefix}: {tokens} tokens, fewer than one window of seq_length + 1 = {seq_length + 1}")
-    config = GPTDatasetConfig(
-        random_seed=SEED, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
-        path_to_cache="",  # "" (not None): build the indices in memory on every rank, never beside the data
-        tokenizer=VocabOnlyTokenizer(vocab_size), reset_position_ids=False, reset_attention_mask=False,
-        eod_mask_loss=False, create_attention_mask=False)
-    return GPTDataset(indexed, prefix, np.arange(len(indexed), dtype=np.int32), None, Split.train, config)
+    return single_prefix_dataset(prefix, VocabOnlyTokenizer(vocab_size), seq_length, SEED)
 
 
 class DocumentStartWindows(torch.utils.data.Dataset):
@@ -178,16 +168,6 @@ def validation_windows(kind: str, prefix: str, recipe: TrainingRecipe):
 
 
 # ---------------------------------------------------------------------------------------------------- model
-
-
-def load_weights(model, load_dir: str) -> int:
-    """The latest checkpoint's model weights (no optimizer or RNG state) into `model`; returns its iteration."""
-    from megatron.core import dist_checkpointing
-
-    iteration, path = checkpoint_path(load_dir)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
-    model.load_state_dict(loaded["model"])
-    return iteration
 
 
 def _token_losses(mask: torch.Tensor, output: torch.Tensor):
@@ -290,8 +270,8 @@ def record_results(config: EvalConfig, results: dict) -> None:
 
 def check_config(config: EvalConfig, seq_length: int) -> tuple[int, ...]:
     """Bad flags, before any model is built; the positions k of mean_beyond."""
-    if bool(config.registry) != bool(config.run):
-        raise MegadocError("--registry and --run go together")
+    if config.run and not config.registry:
+        raise MegadocError("--run-name names a row of the runs registry: give --registry too")
     if config.registry and config.run not in {run.run for run in read_registry(config.registry)}:
         raise MegadocError(f"{config.registry}: no run named {config.run!r} in the registry")
     if config.micro_batch_size < 1 or config.bucket_size < 1:
@@ -305,25 +285,25 @@ def check_config(config: EvalConfig, seq_length: int) -> tuple[int, ...]:
 def evaluate(config: EvalConfig) -> dict | None:
     """Evaluate the checkpoint; the results on the rank that writes them (None on the others)."""
     from megatron.core import parallel_state
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-    from megadoc_recipes import device_shim
 
     checkpoint_path(config.load)
-    trained = load_recipe(config.load)
+    run_config = load_run_config(config.load)
+    trained = run_config.recipe
+    if config.registry and not config.run:
+        if run_config.name is None:
+            raise MegadocError(f"{config.load}: the run was not recorded in a registry; give --run-name")
+        config = replace(config, run=run_config.name)
     seq_length = trained.model.seq_length
     beyond = check_config(config, seq_length)
     recipe = eval_recipe(trained, config.parallel)
     sets = {"iid": config.valid_path, "short": config.short_valid_path, "long": config.long_valid_path}
     windows = {name: validation_windows(name, prefix, trained) for name, prefix in sets.items() if prefix}
 
-    device_shim.activate()
-    init_distributed(recipe.parallel)
-    model_parallel_cuda_manual_seed(SEED)
+    start(recipe.parallel, SEED)
     writer = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
               and parallel_state.get_data_parallel_rank() == 0)
 
-    model = build_model(recipe).cuda()  # layers Megatron-Core does not place itself (RMSNorm) are made on the CPU
+    model = to_device(build_model(recipe))  # fp32 here, so this only moves it onto the GPU (where there is one)
     iteration = load_weights(model, config.load)
     model.eval()
     sums = {name: loss_by_position(model, sample, seq_length, config.micro_batch_size, name, writer)

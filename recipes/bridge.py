@@ -1,12 +1,12 @@
 """The paper's models as Megatron-Bridge recipes: `ConfigContainer` factories, as NeMo 2 / Bridge users launch them.
 
-    from megadoc_recipes.bridge_recipes import megadoc_300m_pretrain_config
+    from megadoc.recipes.bridge import megadoc_300m_pretrain_config
     cfg = megadoc_300m_pretrain_config(tokenizer_model="llama3/hf", real_path="data/real",
                                        synthetic_paths=["data/stitched32"], real_epochs=32, synthetic_fraction=0.9,
                                        lr=1e-3, weight_decay=0.4, tensor_model_parallel_size=2)
     pretrain(cfg, forward_step)   # megatron.bridge.training.pretrain / gpt_step
 
-Every model is built from its explicit dimensions (`megadoc_recipes.models`), never from a hub checkpoint: Bridge's
+Every model is built from its explicit dimensions (`megadoc.recipes.models`), never from a hub checkpoint: Bridge's
 own Llama recipes call `AutoBridge.from_hf_pretrained`, which needs the network. Data comes through the megadoc
 `DatasetProvider` (exact per-stream counts) and `train_iters` is the megadoc plan's, so the provider and the
 trainer agree on the number of samples; `apply_overrides` keeps them so under Hydra-style `key=value` overrides.
@@ -19,7 +19,7 @@ import dataclasses
 import os
 
 from megadoc.errors import MegadocError
-from megadoc_recipes.models import MODELS, OptimizerRecipe, llama_architecture
+from megadoc.recipes.models import MODELS, OptimizerRecipe, llama_architecture
 
 
 def pretrain_config(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from megadoc.atomic import atomic_write
+from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
 
 

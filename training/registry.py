@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from megadoc.atomic import atomic_write
+from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
 
 REAL_ONLY = "real"
@@ -27,24 +27,24 @@ class RunRecord:
     """Unique run name (the registry key)."""
     method: str
     """Synthetic stream kind: `real` (real-only baseline), `simple`, `stitched`, `stretched`, ..."""
-    G: int
-    """Synthetic generations per real document (0 for real-only)."""
+    generations: int
+    """G: synthetic generations per real document (0 for real-only)."""
     real_tokens: int
-    """Unique real training tokens (D); the x axis of the real-only data-scaling law."""
-    E: float
-    """Epochs over the real stream."""
-    r: float | None
-    """Mixing ratio: fraction of training tokens from the synthetic stream (empty for real-only)."""
+    """D: unique real training tokens; the x axis of the real-only data-scaling law."""
+    real_epochs: float
+    """E: epochs over the real stream."""
+    synthetic_fraction: float | None
+    """r: fraction of training sequences from the synthetic streams (empty for real-only)."""
     lr: float
     """Peak learning rate."""
-    wd: float
+    weight_decay: float
     """Weight decay."""
     params: int | None = None
     """Model parameter count N: the x axis of the loss-vs-N asymptote fits."""
     seq_length: int | None = None
     """Training context length."""
-    plan: str = ""
-    """Path of the blend plan JSON (`megadoc blend`)."""
+    checkpoint: str = ""
+    """The run's checkpoint folder (--save), which holds its megadoc_recipe.json (recipe, blend and plan)."""
     recipe: str = ""
     """Model recipe name or path."""
     iid_loss: float | None = None
@@ -54,7 +54,7 @@ class RunRecord:
     short_loss: float | None = None
     """Mean cross-entropy on short validation documents."""
     loss_by_position: str = ""
-    """Path of the loss-by-position JSON (`megadoc_recipes.metrics.save_curve`), relative to the registry's folder."""
+    """Path of the loss-by-position JSON (`megadoc.evaluation.metrics.save_curve`), relative to the registry's folder."""
 
 
 COLUMNS = [field.name for field in fields(RunRecord)]

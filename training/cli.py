@@ -1,0 +1,125 @@
+"""`megadoc train`: a recipe trained on one prefix (--data-path) or on the exact megadoc blend (--real-path ...).
+
+config (the flags, translated once: recipe, tokenizer, blend) -> data (the plan's exact blend, train_iters the
+plan's) -> the run config (megadoc_recipe.json) and the registry row, both from what is actually used -> the loop.
+"""
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from megadoc.errors import MegadocError
+from megadoc.preprocess.tokenizer import add_tokenizer_arguments, build_tokenizer, spec_from_args
+from megadoc.recipes.models import TrainingRecipe, add_recipe_arguments, recipe_from_args
+from megadoc.recipes.sweep import run_name
+from megadoc.training.checkpoints import RunConfig
+from megadoc.training.loop import LOG_NAME, train
+from megadoc.training.registry import REAL_ONLY, RunRecord, record_run
+from megadoc.training.runtime import init_distributed
+from megadoc.training import device_shim
+from megadoc_data.config import add_blend_arguments, blend_from_args
+
+
+def add_arguments(parser) -> None:
+    add_recipe_arguments(parser)
+    data = parser.add_argument_group("data: one prefix (--data-path), or a megadoc blend (--real-path ...)")
+    data.add_argument("--data-path", help="Megatron .bin/.idx prefix of the training tokens, read as they are")
+    data.add_argument("--data-cache-path", default=None, help="Megatron-Core index cache folder")
+    add_blend_arguments(parser, validation=False, required=False)
+    add_tokenizer_arguments(parser, required=False)
+    parser.add_argument("--vocab-size", type=int, help="vocabulary size when no --tokenizer-model is given")
+    parser.add_argument("--train-iters", type=int, help="optimizer steps (default with a blend: the plan's)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--save", help="checkpoint directory (also where the JSONL loss log goes)")
+    parser.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
+    parser.add_argument("--load", help="checkpoint directory to resume from; one holding no checkpoint yet starts "
+                        "from scratch, as Megatron-LM does (so --load and --save may name the same folder)")
+    parser.add_argument("--exit-interval", type=int, help="stop after this iteration (the schedule still spans "
+                        "--train-iters), e.g. to test resuming")
+    parser.add_argument("--log-dir", help="where train_log.jsonl goes (default: --save, else the current dir)")
+    registry = parser.add_argument_group("runs registry: record this run when it starts (megadoc eval adds scores)")
+    registry.add_argument("--registry", help="runs registry CSV")
+    # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
+    registry.add_argument("--run-name", "--run", dest="run",
+                          help="run name, the registry key (default: the paper's pattern, megadoc.recipes.sweep)")
+    registry.add_argument("--method", default=None, help="synthetic stream kind (default: real, or 'synthetic')")
+    registry.add_argument("--generations", type=int, default=0, help="G: synthetic generations per document")
+    parser.set_defaults(func=run)
+
+
+def recipe_and_tokenizer(args) -> tuple[TrainingRecipe, object]:
+    """The recipe the flags describe, and the tokenizer (or vocabulary) the data was written with."""
+    from megadoc_data.datasets import VocabOnlyTokenizer
+
+    spec = spec_from_args(args)
+    if spec is not None:
+        tokenizer = build_tokenizer(spec)
+    elif args.vocab_size:
+        tokenizer = VocabOnlyTokenizer(args.vocab_size)
+    else:
+        raise MegadocError("give --tokenizer-model or --vocab-size")
+    return recipe_from_args(args, tokenizer.vocab_size, spec), tokenizer
+
+
+def build_training_data(args, recipe: TrainingRecipe, tokenizer) -> tuple[object, RunConfig]:
+    """(dataset, run config): one prefix as it is, or the exact blend of a megadoc plan (train_iters the plan's)."""
+    from megadoc_data.datasets import build_datasets, check_plan, single_prefix_dataset
+
+    if bool(args.data_path) == bool(args.real_path):
+        raise MegadocError("give either --data-path or --real-path (a megadoc blend)")
+    seq_length = recipe.model.seq_length
+    if args.data_path:
+        if not args.train_iters:
+            raise MegadocError("--train-iters is required with --data-path")
+        dataset = single_prefix_dataset(args.data_path, tokenizer, seq_length, args.seed,
+                                        args.train_iters * recipe.global_batch_size, args.data_cache_path or "")
+        return dataset, RunConfig(recipe, args.train_iters, args.seed, data_path=args.data_path)
+    blend = blend_from_args(args, seq_length=seq_length)
+    plan = check_plan(blend, tokenizer)
+    if args.train_iters and args.train_iters != plan.train_iters:
+        raise MegadocError(f"--train-iters {args.train_iters} differs from the plan's {plan.train_iters}; "
+                           "leave it out to train the plan")
+    dataset, _, _ = build_datasets(blend, tokenizer, train_samples=plan.total_sequences)
+    return dataset, RunConfig(recipe, plan.train_iters, args.seed, blend=asdict(blend), plan=plan.to_json())
+
+
+def registry_record(args, run: RunConfig) -> RunRecord:
+    """The run's registry row, from the run config (so from the plan actually trained), named by the paper's
+    pattern unless --run-name names it."""
+    from megadoc_data.sources import read_source
+
+    recipe, plan = run.recipe, run.plan
+    if plan is not None:
+        # D, the x axis of the real-only law: the real tokens one pass reads (the paper's 777 x 64 x 4096).
+        real_tokens = plan["base_steps"] * plan["global_batch_size"] * plan["seq_length"]
+        epochs, fraction = plan["real_epochs"], plan["synthetic_fraction"] or None
+    else:
+        real_tokens, epochs, fraction = read_source(run.data_path).tokens, 1.0, None
+    method = args.method or ("synthetic" if fraction else REAL_ONLY)
+    stream = None if fraction is None else f"{method}{args.generations}"
+    name = args.run or run_name(recipe.model.run_prefix, real_tokens, epochs, recipe.optimizer.lr,
+                                recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0)
+    return RunRecord(
+        run=name, method=method, generations=args.generations, real_tokens=real_tokens, real_epochs=epochs,
+        synthetic_fraction=fraction, lr=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay,
+        params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
+        recipe=recipe.model.name, checkpoint=str(Path(args.save).resolve()) if args.save else "")
+
+
+def run(args) -> int:
+    recipe, tokenizer = recipe_and_tokenizer(args)
+    device_shim.activate()
+    init_distributed(recipe.parallel)  # the blend's index cache is built once per world (rank 0 first)
+    dataset, run_config = build_training_data(args, recipe, tokenizer)
+    log_dir = Path(args.log_dir or args.save or ".")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if args.registry:
+        record = registry_record(args, run_config)
+        run_config = replace(run_config, name=record.run)
+        if torch.distributed.get_rank() == 0:
+            record_run(args.registry, record)
+    train(run_config, dataset, save=args.save, save_interval=args.save_interval, load=args.load,
+          log_path=log_dir / LOG_NAME, exit_interval=args.exit_interval)
+    torch.distributed.destroy_process_group()
+    return 0
