@@ -7,8 +7,9 @@ import pytest
 
 from megadoc.cli import main
 from megadoc.errors import MegadocError
-from megadoc_recipes.efficiency import PowerLaw, anchored_law, certify, data_efficiency, fit_power_law
-from megadoc_recipes.registry import RunRecord, record_run
+from megadoc.analysis.certificate import certify
+from megadoc.analysis.laws import PowerLaw, anchored_law, data_efficiency, fit_power_law
+from megadoc.training.registry import RunRecord, record_run
 
 D_REAL = 203.7e6
 L_BASE = 3.5544  # the paper's 300M real-only loss
@@ -53,7 +54,8 @@ def test_data_efficiency_matches_the_papers_conversion_table(loss, expected):
 
 
 def _run(name, E, r, lr, wd, loss, method="simple", G=32):
-    return RunRecord(run=name, method=method, G=G, real_tokens=int(D_REAL), E=E, r=r, lr=lr, wd=wd, iid_loss=loss)
+    return RunRecord(run=name, method=method, generations=G, real_tokens=int(D_REAL), real_epochs=E, synthetic_fraction=r,
+                     lr=lr, weight_decay=wd, iid_loss=loss)
 
 
 def test_certificate_on_an_interior_optimum():
@@ -64,7 +66,8 @@ def test_certificate_on_an_interior_optimum():
                   _run("wd1", 16, 0.75, 3e-3, 0.1, 3.43)]
     pending = _run("wd8", 16, 0.75, 3e-3, 0.8, None)
     partial = certify([best, *neighbours], best, "iid_loss")
-    assert not partial.certified and partial.to_run == [{"E": 16, "r": 0.75, "lr": 3e-3, "wd": 0.8}]
+    assert not partial.certified and partial.to_run == [{"real_epochs": 16, "synthetic_fraction": 0.75, "lr": 3e-3,
+                                                      "weight_decay": 0.8}]
     waiting = certify([best, *neighbours, pending], best, "iid_loss")
     assert not waiting.certified and waiting.to_run == []
     done = certify([best, *neighbours, _run("wd8", 16, 0.75, 3e-3, 0.8, 3.415)], best, "iid_loss")
@@ -74,28 +77,28 @@ def test_certificate_on_an_interior_optimum():
 def test_certificate_at_the_grid_edge_and_off_grid():
     best = _run("edge", 32, 0.9, 1e-3, 0.4, 3.384)
     certificate = certify([best], best, "iid_loss")
-    assert sorted(certificate.edges) == ["E", "lr", "r"]
+    assert sorted(certificate.edges) == ["lr", "real_epochs", "synthetic_fraction"]
     assert len(certificate.to_run) == 5  # E 16, r 0.75, lr 3e-3, wd 0.1 and 0.8
-    real = RunRecord(run="real", method="real", G=0, real_tokens=int(D_REAL), E=16, r=None, lr=3e-3, wd=1.6,
+    real = RunRecord(run="real", method="real", generations=0, real_tokens=int(D_REAL), real_epochs=16, synthetic_fraction=None, lr=3e-3, weight_decay=1.6,
                      iid_loss=3.5544)
-    assert {tuple(n) for n in certify([real], real, "iid_loss").to_run} == {("E", "lr", "wd")}
-    with pytest.raises(MegadocError, match="E = 3"):
+    assert {tuple(n) for n in certify([real], real, "iid_loss").to_run} == {("real_epochs", "lr", "weight_decay")}
+    with pytest.raises(MegadocError, match="real_epochs = 3"):
         certify([best], _run("odd", 3, 0.9, 1e-3, 0.4, 3.4), "iid_loss")
 
 
 def test_efficiency_command_writes_table_plot_and_to_run(tmp_path, capsys):
     registry = tmp_path / "runs.csv"
-    record_run(registry, RunRecord(run="real", method="real", G=0, real_tokens=int(D_REAL), E=16, r=None, lr=3e-3,
-                                   wd=1.6, iid_loss=L_BASE))
+    record_run(registry, RunRecord(run="real", method="real", generations=0, real_tokens=int(D_REAL), real_epochs=16, synthetic_fraction=None, lr=3e-3,
+                                   weight_decay=1.6, iid_loss=L_BASE))
     for G, loss in ((2, 3.462), (32, 3.410)):
         record_run(registry, _run(f"s{G}", 16, 0.75, 3e-3, 0.4, loss, G=G))
-    record_run(registry, RunRecord(run="b32", method="stitched", G=32, real_tokens=int(D_REAL), E=32, r=0.9, lr=1e-3,
-                                   wd=0.4, recipe="300m", iid_loss=3.345))
+    record_run(registry, RunRecord(run="b32", method="stitched", generations=32, real_tokens=int(D_REAL), real_epochs=32, synthetic_fraction=0.9, lr=1e-3,
+                                   weight_decay=0.4, recipe="300m", iid_loss=3.345))
     out = tmp_path / "eff"
     code = main(["efficiency", "--registry", str(registry), "--output-dir", str(out),
                  "--alpha", "0.235", "--asymptote", "1.93"])
     assert code == 0, capsys.readouterr().err
-    rows = {(row["method"], row["G"]): row for row in csv.DictReader((out / "efficiency.csv").open())}
+    rows = {(row["method"], row["generations"]): row for row in csv.DictReader((out / "efficiency.csv").open())}
     assert float(rows["simple", "32"]["data_efficiency"]) == pytest.approx(1.49, abs=0.006)
     assert float(rows["stitched", "32"]["data_efficiency"]) == pytest.approx(1.80, abs=0.006)
     assert rows["stitched", "32"]["certified"] == "False"
@@ -111,20 +114,20 @@ def test_fitted_data_law_and_parameter_asymptotes_from_the_registry(tmp_path, ca
     registry, data_law = tmp_path / "runs.csv", PowerLaw(A=145.6, alpha=0.235, C=1.93)
     params_law = PowerLaw(A=0.05, alpha=1.02, C=3.43)  # Appendix A's regularized fit, N in billions
     for tokens in (D_REAL, 2 * D_REAL, 4 * D_REAL, 8 * D_REAL):
-        record_run(registry, RunRecord(run=f"real{tokens:.0f}", method="real", G=0, real_tokens=int(tokens), E=16,
-                                       r=None, lr=3e-3, wd=1.6, params=300_000_000,
+        record_run(registry, RunRecord(run=f"real{tokens:.0f}", method="real", generations=0, real_tokens=int(tokens), real_epochs=16,
+                                       synthetic_fraction=None, lr=3e-3, weight_decay=1.6, params=300_000_000,
                                        iid_loss=float(data_law(int(tokens)))))
     for size in (150e6, 300e6, 600e6, 1.5e9):
-        record_run(registry, RunRecord(run=f"b32-{size:.0f}", method="stitched", G=32, real_tokens=int(D_REAL), E=32,
-                                       r=0.9, lr=1e-3, wd=0.4, params=int(size),
+        record_run(registry, RunRecord(run=f"b32-{size:.0f}", method="stitched", generations=32, real_tokens=int(D_REAL), real_epochs=32,
+                                       synthetic_fraction=0.9, lr=1e-3, weight_decay=0.4, params=int(size),
                                        iid_loss=float(params_law(size / 1e9))))
-    record_run(registry, RunRecord(run="s32", method="simple", G=32, real_tokens=int(D_REAL), E=16, r=0.75, lr=3e-3,
-                                   wd=0.4, params=300_000_000, iid_loss=float(data_law(2 * D_REAL))))
+    record_run(registry, RunRecord(run="s32", method="simple", generations=32, real_tokens=int(D_REAL), real_epochs=16, synthetic_fraction=0.75, lr=3e-3,
+                                   weight_decay=0.4, params=300_000_000, iid_loss=float(data_law(2 * D_REAL))))
     out = tmp_path / "eff"
     argv = ["efficiency", "--registry", str(registry), "--output-dir", str(out)]
     assert main(argv) == 1 and "several model sizes" in capsys.readouterr().err
     assert main(argv + ["--params", "300000000"]) == 0, capsys.readouterr().err
-    rows = {(row["method"], row["G"], row["real_tokens"]): row
+    rows = {(row["method"], row["generations"], row["real_tokens"]): row
             for row in csv.DictReader((out / "efficiency.csv").open())}
     assert float(rows["simple", "32", str(int(D_REAL))]["data_efficiency"]) == pytest.approx(2.0, rel=1e-3)
     text = (out / "efficiency.md").read_text()

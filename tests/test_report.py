@@ -5,8 +5,8 @@ import pytest
 
 from megadoc.cli import main
 from megadoc.errors import MegadocError
-from megadoc_recipes.metrics import LossAccumulator, save_curve
-from megadoc_recipes.registry import RunRecord, read_registry, record_run, update_run
+from megadoc.evaluation.metrics import LossAccumulator, save_curve
+from megadoc.training.registry import RunRecord, read_registry, record_run, update_run
 
 D = 203_700_000
 SIMPLE = {2: 3.462, 4: 3.446, 8: 3.429, 16: 3.414, 32: 3.410}  # PAPER.md §4c
@@ -26,7 +26,7 @@ def _registry(tmp_path):
                                    long_loss=3.80, loss_by_position=_curve(tmp_path / "real.json", 4.0)))
     for method, losses in (("simple", SIMPLE), ("stitched", STITCHED)):
         for G, loss in losses.items():
-            record_run(registry, RunRecord(f"{method}{G}", method, G, D, 16, 0.75, 3e-3, 0.4, plan=f"plans/{G}.json"))
+            record_run(registry, RunRecord(f"{method}{G}", method, G, D, 16, 0.75, 3e-3, 0.4, checkpoint=f"runs/{G}"))
             update_run(registry, f"{method}{G}", iid_loss=loss, long_loss=loss + 0.3)
         record_run(registry, RunRecord(f"{method}32-worse", method, 32, D, 8, 0.75, 3e-3, 0.4, iid_loss=3.6))
     update_run(registry, "stitched32", loss_by_position=_curve(tmp_path / "b32.json", 3.9))
@@ -38,11 +38,12 @@ def test_registry_round_trips_and_updates_in_place(tmp_path):
     runs = {run.run: run for run in read_registry(registry)}
     assert len(runs) == 13
     assert runs["stitched32"].iid_loss == 3.384 and runs["stitched32"].loss_by_position == "b32.json"
-    assert runs["real16"].r is None and runs["real16"].G == 0 and runs["simple2"].plan == "plans/2.json"
+    assert runs["real16"].synthetic_fraction is None and runs["real16"].generations == 0
+    assert runs["simple2"].checkpoint == "runs/2"
     with pytest.raises(MegadocError, match="no run named 'nope'"):
         update_run(registry, "nope", iid_loss=1.0)
     registry.write_text(registry.read_text().replace("stitched,2,203700000", "stitched,two,203700000"))
-    with pytest.raises(MegadocError, match=r"runs.csv:\d+: column 'G' is 'two', not an integer"):
+    with pytest.raises(MegadocError, match=r"runs.csv:\d+: column 'generations' is 'two', not an integer"):
         read_registry(registry)
 
 
