@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-SMALL = ["--docs", "20", "--iid-docs", "4", "--long-docs", "2", "--rephrases", "2", "--rationales", "1",
-         "--rephrase-max-tokens", "32", "--rationale-max-tokens", "24", "--seq-length", "64",
-         "--global-batch-size", "4"]
+SMALL = ["--docs", "20", "split.iid_docs=4", "split.long_docs=2", "generate.rephrases=2", "generate.rationales=1",
+         "generate.rephrase_max_tokens=32", "generate.rationale_max_tokens=24", "train.seq_length=64",
+         "train.global_batch_size=4", "train.micro_batch_size=4"]
 METHODS = ("real", "simple", "stitched", "stretched")
 
 
@@ -44,7 +44,8 @@ def test_demo_trains_every_method_and_reports(demo):
         assert float(row["long_loss"]) > 0 and row["loss_by_position"]
         curve = json.loads((work / row["loss_by_position"]).read_text())
         assert curve["seq_length"] == 64 and len(curve["loss"]) == 64 // curve["bucket_size"]
-    assert runs["stretched"]["G"] == "1" and runs["stitched"]["G"] == "2" and runs["real"]["G"] == "0"
+    assert (runs["stretched"]["generations"], runs["stitched"]["generations"], runs["real"]["generations"]) == \
+        ("1", "2", "0")
     report = (work / "report" / "report.md").read_text()
     assert all(f"| {method} |" in report for method in METHODS)
     assert all((work / "report" / name).stat().st_size > 1000 for name in ("loss_vs_G_iid.png", "loss_by_position.png"))

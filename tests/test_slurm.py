@@ -24,9 +24,9 @@ import yaml
 
 from megadoc.cli import main as cli_main
 from megadoc.errors import MegadocError
-from megadoc.generations import iter_rows
-from megadoc_recipes.pipeline import load_pipeline, steps
-from megadoc_slurm.submit import array_spec, submit
+from megadoc.preprocess.generate.shards import iter_rows
+from megadoc.launch.pipeline import load_pipeline, steps
+from megadoc.slurm.sbatch import array_spec, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
@@ -36,11 +36,21 @@ VENV312 = ROOT / ".venv312" / "bin" / "python"
 NAME = "slurmtest"
 """Job-name prefix of every job these tests submit (teardown cancels what is left of them)."""
 
+KINDS = ("cpu", "generate", "train", "eval")
+
+
+def every_kind(**resources) -> dict:
+    """The same resources for every kind of step."""
+    return {kind: dict(resources) for kind in KINDS}
+
+
+NODE = {"time": "01:30:00", "mem": "64G", "cpus_per_task": 8, "container_image": "nvcr.io/nvidia/nemo:25.09",
+        "container_mounts": ["/lustre:/lustre", "/data:/data:ro"],
+        "setup": ["source /opt/megadoc/.venv/bin/activate", "export HF_HUB_OFFLINE=1"]}
 CLUSTER_RESOURCES = {
-    "partition": "gpu", "account": "proj-llm", "qos": "high", "time": "01:30:00", "mem": "64G", "cpus_per_task": 8,
-    "gpus_per_node": 8, "train_nodes": 2, "container_image": "nvcr.io/nvidia/nemo:25.09",
-    "container_mounts": ["/lustre:/lustre", "/data:/data:ro"],
-    "setup": ["source /opt/megadoc/.venv/bin/activate", "export HF_HUB_OFFLINE=1"], "extra_sbatch": ["--exclusive"],
+    "partition": "gpu", "account": "proj-llm", "qos": "high", "extra_sbatch": ["--exclusive"], "cpu": NODE,
+    "generate": {**NODE, "gpus_per_node": 8}, "train": {**NODE, "gpus_per_node": 8, "nodes": 2},
+    "eval": {**NODE, "gpus_per_node": 8, "nodes": 2},
 }
 
 
@@ -99,7 +109,7 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
         nodes = 2 if name.startswith(("train-", "eval-")) else 1
         assert f"--nodes={nodes}" in options and "--ntasks-per-node=1" in options, name
         body = script.split("\nset -eo pipefail")[1]
-        assert body.index("source /opt/megadoc/.venv/bin/activate") < body.index("megadoc")  # setup first
+        assert body.index("source /opt/megadoc/.venv/bin/activate") < body.index("-m megadoc")  # setup first
         assert "--container-image=nvcr.io/nvidia/nemo:25.09 \\\n    --container-mounts=/lustre:/lustre,/data:/data:ro" \
                in script or "--container-image=nvcr.io/nvidia/nemo:25.09 --container-mounts=/lustre:/lustre,/data:/data:ro" \
                in script.replace(" \\\n    ", " "), name
@@ -109,7 +119,7 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
     assert "--array=0-1" in sbatch_options(generate)
     assert "--output=" + str(tmp_path / "work" / "slurm" / "logs") + "/%x-%A_%a.out" in sbatch_options(generate)
     flat = generate.replace(" \\\n    ", " ")
-    assert "megadoc generate rephrase" in flat and "--num-shards 2" in flat
+    assert "python -m megadoc generate rephrase" in flat and "--num-shards 2" in flat
     assert '--shard-index "$SLURM_ARRAY_TASK_ID"' in flat
     assert 'for task in $(seq 0 1); do [ -e' in generate  # the last task marks the step
 
@@ -123,7 +133,7 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
 
 
 def test_dry_run_without_gpus_or_container(tmp_path, capsys):
-    path = write_pipeline(tmp_path, {"time": "00:10:00"})
+    path = write_pipeline(tmp_path, every_kind(time="00:10:00"))
     assert cli_main(["submit", str(path), "--dry-run", "--scripts-dir", str(tmp_path / "s"),
                      "--only", "generate-rephrase", "train-stitched"]) == 0
     out = capsys.readouterr().out
@@ -133,7 +143,7 @@ def test_dry_run_without_gpus_or_container(tmp_path, capsys):
     options = sbatch_options(generate)
     assert not any(o.startswith(("--gpus", "--partition", "--account", "--qos", "--mem")) for o in options)
     assert "srun" not in generate and "container" not in generate
-    assert "\nmegadoc generate rephrase" in generate
+    assert "\npython -m megadoc generate rephrase" in generate
 
 
 def test_resubmission_skips_finished_steps_and_shards(tmp_path, capsys):
@@ -229,7 +239,7 @@ def pipeline_run(slurm, tmp_path_factory):
     setup = [f"source {VENV}/activate", "export VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING",
              # Jobs run side by side on few cores: one thread each, and the two generation tasks on different cores.
              "export OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=$(( ${SLURM_ARRAY_TASK_ID:-0} % $(nproc) ))"]
-    path = write_pipeline(folder, {"cpus_per_task": 1, "time": "00:20:00", "setup": setup})
+    path = write_pipeline(folder, every_kind(cpus_per_task=1, time="00:20:00", setup=setup))
     config = load_pipeline(path)
     work = Path(config.work_dir)
     start = time.perf_counter()
@@ -259,7 +269,7 @@ def pipeline_run(slurm, tmp_path_factory):
 
 def test_sbatch_refusal_cancels_the_jobs_before_it(slurm, tmp_path, capsys):
     # This cluster has no GPUs: sbatch takes split and tokenize, then refuses generation's --gpus-per-node.
-    path = write_pipeline(tmp_path, {"gpus_per_node": 1, "time": "00:05:00"})
+    path = write_pipeline(tmp_path, {**every_kind(time="00:05:00"), "generate": {"gpus_per_node": 1}})
     assert cli_main(["submit", str(path)]) == 1
     captured = capsys.readouterr()
     assert "[split] job " in captured.out and "[tokenize] job " in captured.out

@@ -14,14 +14,14 @@ import shlex
 from pathlib import Path
 
 from megadoc.errors import MegadocError
-from megadoc_recipes.pipeline import PipelineConfig, Step, done_dir
-from megadoc_slurm.submit import slurm_dir
+from megadoc.launch.executor import marker, paths
+from megadoc.launch.pipeline import PipelineConfig, Step
 
 
 def nemo_run_dir(config: PipelineConfig) -> Path:
     """nemo-run's experiments (scripts, logs). Not named `nemo_run`: nemo-run rewrites that name in the paths it
     writes (its folder inside containers is /nemo_run)."""
-    return slurm_dir(config) / "nemorun"
+    return paths(config).slurm / "nemorun"
 
 
 def _nemo_run():
@@ -43,22 +43,23 @@ def _extra_parameters(options: list[str]) -> dict:
 
 
 def setup_lines(config: PipelineConfig, step: Step) -> str:
-    """The pipeline's setup lines, then a trap that marks the step done when the job script exits with 0."""
-    marker = done_dir(config) / step.name
-    mark = (f"megadoc_mark_done() {{ [ $? -eq 0 ] && mkdir -p {shlex.quote(str(marker.parent))} && "
-            f'echo "slurm job $SLURM_JOB_ID" > {shlex.quote(str(marker))}; }}')
-    return "\n".join([*config.slurm.setup, mark, "trap megadoc_mark_done EXIT"])
+    """The step's setup lines, then a trap that marks the step done when the job script exits with 0."""
+    done = marker(config, step)
+    mark = (f"megadoc_mark_done() {{ [ $? -eq 0 ] && mkdir -p {shlex.quote(str(done.parent))} && "
+            f'echo "slurm job $SLURM_JOB_ID" > {shlex.quote(str(done))}; }}')
+    return "\n".join([*getattr(config.slurm, step.resources).setup, mark, "trap megadoc_mark_done EXIT"])
 
 
 def executor(config: PipelineConfig, step: Step, dependencies: list[str]):
     """A SlurmExecutor with the pipeline's resources, submitting through sbatch on this machine (LocalTunnel)."""
     run = _nemo_run()
     slurm = config.slurm
+    res = getattr(slurm, step.resources)
     return run.SlurmExecutor(
-        account=slurm.account, partition=slurm.partition, qos=slurm.qos, time=slurm.time, nodes=slurm.train_nodes,
-        ntasks_per_node=1, torchrun_nproc_per_node=config.train.nproc_per_node, cpus_per_task=slurm.cpus_per_task,
-        gpus_per_node=slurm.gpus_per_node or None, mem=slurm.mem, container_image=slurm.container_image,
-        container_mounts=list(slurm.container_mounts), additional_parameters=_extra_parameters(slurm.extra_sbatch),
+        account=slurm.account, partition=slurm.partition, qos=slurm.qos, time=res.time, nodes=res.nodes,
+        ntasks_per_node=1, torchrun_nproc_per_node=config.train.nproc_per_node, cpus_per_task=res.cpus_per_task,
+        gpus_per_node=res.gpus_per_node or None, mem=res.mem, container_image=res.container_image,
+        container_mounts=list(res.container_mounts), additional_parameters=_extra_parameters(slurm.extra_sbatch),
         job_name_prefix=f"{config.name}-", setup_lines=setup_lines(config, step), launcher="torchrun",
         # The tunnel's job folder is the experiment's own (<base>/experiments/<title>/<id>): no copy between them.
         packager=run.Packager(), tunnel=run.LocalTunnel(job_dir=str(nemo_run_dir(config) / "experiments")),

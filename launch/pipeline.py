@@ -1,0 +1,420 @@
+"""The whole method as one pipeline of `megadoc` commands, described by one YAML file.
+
+A pipeline YAML names a corpus, a tokenizer and each stage's settings; `steps(config)` turns it into a list of steps,
+each a few `megadoc` command lines plus the steps it waits for:
+
+    split -> tokenize (real, validation) ------------------------------------+
+          -> generate rephrase  (array: one task per shard) -> assemble simple, stitched -> train <method> -> eval
+          -> generate rationale (array: one task per shard) -> assemble stretched      -> train real     -> eval
+                                                                                          every eval -> report
+
+Every step is a plain command line, so the same list runs here (`megadoc run`, megadoc.launch.local), as sbatch
+scripts or through nemo-run (megadoc.slurm), and every stage it calls resumes where it stopped (generation chunks,
+tokenize checkpoints, training checkpoints via `--load` = `--save`). Where each step writes, and where executors
+mark it done, is `Paths`.
+"""
+
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from megadoc.errors import MegadocError
+from megadoc.files import atomic_write
+from megadoc.preprocess.assemble import GENERATION_OF, METHODS
+from megadoc.preprocess.tokenizer import TokenizerSpec, tokenizer_flags
+from megadoc.training.registry import REAL_ONLY
+
+
+@dataclass
+class SplitStage:
+    """Validation documents held out before anything is generated (megadoc split)."""
+
+    iid_docs: int = 1000
+    """Random real documents for the i.i.d. loss (the paper: ~1k DCLM documents)."""
+    long_docs: int = 500
+    """Long documents for loss by token position (the paper: 500)."""
+    long_min_tokens: int | None = None
+    """Token length a long document needs; None: the training seq_length + 1 (one full window)."""
+    seed: int = 1234
+
+
+@dataclass
+class GenerateStage:
+    """Synthetic generations with vLLM (megadoc generate); None in `rephrases`/`rationales` skips that kind."""
+
+    rephrases: int | None = 4
+    """G rephrases per document (stitched and simple streams)."""
+    rationales: int | None = 4
+    """G rationales inserted per document (stretched stream)."""
+    rephrase_max_tokens: int = 1024
+    """New tokens per rephrase (the paper: 1024)."""
+    rationale_max_tokens: int = 512
+    """New tokens per rationale (the paper: 512)."""
+    num_shards: int = 1
+    """Generation shards: one Slurm array task each."""
+    chunk_docs: int = 64
+    """Documents per committed chunk: the most work a killed task redoes."""
+    model: str | None = None
+    """HF model directory (None: the embedded SmolLM2-135M-Instruct)."""
+    seed: int = 0
+    """Engine seed."""
+    engine_args: list[str] = field(default_factory=list)
+    """More `megadoc generate` flags, e.g. ["--tensor-parallel-size", "8", "--max-model-len", "8192"]."""
+
+    def generations(self, kind: str) -> int | None:
+        """G of a generation kind ('rephrase' or 'rationale')."""
+        return self.rephrases if kind == "rephrase" else self.rationales
+
+    def max_tokens(self, kind: str) -> int:
+        return self.rephrase_max_tokens if kind == "rephrase" else self.rationale_max_tokens
+
+
+@dataclass
+class TrainStage:
+    """One training run per method plus the real-only baseline (megadoc train), all with the same recipe."""
+
+    recipe: str = "300m"
+    """Model recipe (megadoc.recipes.models.MODELS)."""
+    seq_length: int | None = None
+    """Context length; None: the recipe's."""
+    global_batch_size: int = 64
+    micro_batch_size: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.8
+    real_epochs: float = 8
+    """E for the synthetic runs."""
+    synthetic_fraction: float = 0.75
+    """r for the synthetic runs."""
+    real_only_epochs: float = 16
+    """E of the real-only baseline (the paper's tuned 16)."""
+    real_only_weight_decay: float | None = 1.6
+    """Weight decay of the real-only baseline (the paper's tuned 1.6); None: weight_decay."""
+    base_steps: int | None = None
+    """Global batches per real pass; None: one full pass over the real tokens."""
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    nproc_per_node: int = 1
+    """Processes per node (torchrun); TP x PP x DP must equal nodes x this."""
+    save_interval: int | None = None
+    """Checkpoint every N steps (a killed or requeued run resumes there); None: at the end only."""
+    seed: int = 1234
+
+
+@dataclass
+class EvalStage:
+    """Evaluation of every trained run (megadoc eval)."""
+
+    micro_batch_size: int = 4
+    bucket_size: int = 64
+    """Positions per bucket of the loss-by-position curve."""
+
+
+@dataclass
+class Resources:
+    """What one kind of step asks Slurm for, and the environment it runs in (on clusters vLLM and NeMo live in
+    different containers or Python environments)."""
+
+    nodes: int = 1
+    """Nodes of each job (training may span several; the other steps use one)."""
+    gpus_per_node: int = 0
+    """GPUs per node (0 on CPU clusters)."""
+    cpus_per_task: int = 2
+    """CPUs of each task (one task per node)."""
+    mem: str | None = None
+    """sbatch --mem, e.g. '64G'; None: the partition's default."""
+    time: str = "04:00:00"
+    """Wall-clock limit (sbatch --time)."""
+    container_image: str | None = None
+    """Run the step inside this container (pyxis: srun --container-image)."""
+    container_mounts: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    """Shell lines the job runs first, e.g. ['source /opt/megadoc/.venv/bin/activate']."""
+    python: str = "python"
+    """The Python with megadoc on the compute nodes (steps run `python -m megadoc ...`)."""
+
+
+@dataclass
+class SlurmStage:
+    """How the Slurm executors ask for resources; ignored by the local executor."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra_sbatch: list[str] = field(default_factory=list)
+    """More #SBATCH options for every job, e.g. ['--exclusive']."""
+    cpu: Resources = field(default_factory=Resources)
+    """split, tokenize, assemble and report."""
+    generate: Resources = field(default_factory=Resources)
+    """Each generation array task."""
+    train: Resources = field(default_factory=Resources)
+    """Each training job."""
+    eval: Resources = field(default_factory=Resources)
+    """Each evaluation job."""
+
+
+@dataclass
+class PipelineConfig:
+    """One run of the whole method over one corpus."""
+
+    name: str
+    """Names the jobs."""
+    work_dir: str
+    """Every output goes under here (relative paths are relative to the YAML's folder)."""
+    corpus: list[str]
+    """Corpus files or globs (JSONL, Parquet, HF folders)."""
+    json_key: str = "text"
+    """The record field holding the text (every stage's --json-keys)."""
+    tokenizer: TokenizerSpec = field(default_factory=lambda: TokenizerSpec("smollm2"))
+    """Tokenizer of every token file (Megatron-LM's tokenizer flags), e.g. {model: path/to/llama3/hf}."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Synthetic streams to build and train on; the real-only baseline always trains."""
+    split: SplitStage = field(default_factory=SplitStage)
+    generate: GenerateStage = field(default_factory=GenerateStage)
+    train: TrainStage = field(default_factory=TrainStage)
+    eval: EvalStage = field(default_factory=EvalStage)
+    slurm: SlurmStage = field(default_factory=SlurmStage)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise MegadocError(f"methods: {', '.join(unknown)} not in {', '.join(METHODS)}")
+        for method in self.methods:
+            kind = GENERATION_OF[method]
+            if self.generate.generations(kind) is None:
+                raise MegadocError(f"methods: {method} needs {kind}s, but generate.{kind}s is null")
+        if self.train.nproc_per_node < 1:
+            raise MegadocError("train.nproc_per_node must be >= 1")
+
+    @property
+    def seq_length(self) -> int:
+        from megadoc.recipes.models import MODELS
+
+        if self.train.recipe not in MODELS:
+            raise MegadocError(f"train.recipe: {self.train.recipe!r} is not one of {', '.join(sorted(MODELS))}")
+        return self.train.seq_length or MODELS[self.train.recipe].seq_length
+
+
+# ---------------------------------------------------------------------------------------------------- YAML
+
+
+def _check_type(value, kind, where: str):
+    """A YAML value checked against a field's annotation: a typo'd type fails here, in one line."""
+    origin, args = get_origin(kind), get_args(kind)
+    if kind is Any or value is None and (kind is type(None) or type(None) in args):
+        return value
+    if args and origin is not list:  # X | None
+        options = [a for a in args if a is not type(None)]
+        return _check_type(value, options[0], where) if len(options) == 1 else value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MegadocError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_type(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)] if args else value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and (not isinstance(value, kind) or kind is int and isinstance(value, bool)):
+        raise MegadocError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, data, where: str):
+    """A dataclass from a YAML mapping; unknown keys and wrong types are errors (a typo must not be ignored)."""
+    if not isinstance(data, dict):
+        raise MegadocError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise MegadocError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    hints = get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        values[name] = (_build(kind, value, f"{where}.{name}") if is_dataclass(kind)
+                        else _check_type(value, kind, f"{where}.{name}"))
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise MegadocError(f"{where}: {error}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Hydra-style `key.sub=value` overrides on a pipeline mapping (values read as YAML: 4, null, [a, b])."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise MegadocError(f"override {override!r}: expected key=value, e.g. train.lr=1e-3")
+        parent = data
+        for part in key.split(".")[:-1]:
+            parent = parent.setdefault(part, {})
+            if not isinstance(parent, dict):
+                raise MegadocError(f"override {override!r}: {part} is not a section")
+        parent[key.split(".")[-1]] = yaml.safe_load(text)
+    return data
+
+
+def load_pipeline(path: str | os.PathLike, overrides: list[str] = ()) -> PipelineConfig:
+    """Read a pipeline YAML (plus overrides); relative paths in it are taken from the YAML's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise MegadocError(f"{path}: cannot read the pipeline ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MegadocError(f"{path}: a pipeline is a YAML mapping (name, work_dir, corpus, ...)")
+    config = _build(PipelineConfig, apply_overrides(data, list(overrides)), str(path))
+    base = path.resolve().parent
+    config.work_dir = str(base / config.work_dir)
+    config.corpus = [c if Path(c).is_absolute() else str(base / c) for c in config.corpus]
+    return config
+
+
+def dump_pipeline(config: PipelineConfig, path: str | os.PathLike) -> None:
+    with atomic_write(path, "w") as handle:
+        yaml.safe_dump(asdict(config), handle, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of the pipeline: command lines run in order, once every step in `after` has finished."""
+
+    name: str
+    commands: list[list[str]]
+    """`megadoc` argument lists (without the program name)."""
+    resources: str = "cpu"
+    """Which `slurm:` resources it runs with: cpu, generate, train or eval."""
+    after: tuple[str, ...] = ()
+    array: int | None = None
+    """Array tasks: generation shards; each command then gets its task's --shard-index."""
+
+    @property
+    def distributed(self) -> bool:
+        """Launched with torchrun over the training world (training and evaluation)."""
+        return self.resources in ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage writes, and where executors keep their state, under the work directory."""
+
+    root: Path
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split"
+
+    def tokens(self, name: str) -> str:
+        return str(self.root / "tokens" / name)
+
+    def generations(self, kind: str) -> str:
+        return str(self.root / "generations" / kind)
+
+    def run(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    @property
+    def registry(self) -> str:
+        return str(self.root / "runs.csv")
+
+    @property
+    def report(self) -> str:
+        return str(self.root / "report")
+
+    @property
+    def done(self) -> Path:
+        """Done markers of every executor: `<step>`, and `<step>.task<i>` for a finished array task."""
+        return self.root / ".done"
+
+    @property
+    def slurm(self) -> Path:
+        """Scripts, logs and job ids of the Slurm executors."""
+        return self.root / "slurm"
+
+
+def _split_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
+    s = config.split
+    tokenizer = tokenizer_flags(config.tokenizer)
+    split = Step("split", [["split", "--input", *config.corpus, "--json-keys", config.json_key,
+                            "--output-dir", str(paths.split), "--iid-docs", str(s.iid_docs), "--long-docs",
+                            str(s.long_docs), "--long-min-tokens", str(s.long_min_tokens or config.seq_length + 1),
+                            "--seed", str(s.seed), *tokenizer]])
+    tokenize = [["tokenize", "--input", str(paths.split / f"{name}.jsonl"), "--output-prefix", paths.tokens(name),
+                 "--append-eod", "--no-progress", *tokenizer] for name in ("train", "valid_iid", "valid_long")]
+    return [split, Step("tokenize", tokenize, after=("split",))]
+
+
+def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
+    g = config.generate
+    steps = []
+    for kind in sorted({GENERATION_OF[m] for m in config.methods}):
+        command = ["generate", kind, "--input", str(paths.split / "train.jsonl"), "--json-keys", config.json_key,
+                   "--output", paths.generations(kind), "-G", str(g.generations(kind)),
+                   "--max-tokens", str(g.max_tokens(kind)), "--num-shards", str(g.num_shards),
+                   "--chunk-docs", str(g.chunk_docs), "--exclude-ids", str(paths.split / "validation_ids.txt"),
+                   "--seed", str(g.seed), *(["--model", g.model] if g.model else []), *map(str, g.engine_args)]
+        steps.append(Step(f"generate-{kind}", [command], "generate", after=("split",), array=g.num_shards))
+    return steps
+
+
+def _assemble_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
+    return [Step(f"assemble-{method}",
+                 [["assemble", "--method", method, "--input", str(paths.split / "train.jsonl"),
+                   "--json-keys", config.json_key, "--generations", paths.generations(GENERATION_OF[method]),
+                   "--output-prefix", paths.tokens(method), "--seed", str(config.train.seed),
+                   *tokenizer_flags(config.tokenizer)]],
+                 after=(f"generate-{GENERATION_OF[method]}",))
+            for method in config.methods]
+
+
+def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
+    t = config.train
+    save = str(paths.run(method))
+    command = ["train", "--recipe", t.recipe, "--seq-length", str(config.seq_length),
+               "--real-path", paths.tokens("train"), "--global-batch-size", str(t.global_batch_size),
+               "--micro-batch-size", str(t.micro_batch_size), "--lr", str(t.lr),
+               "--tensor-model-parallel-size", str(t.tensor_model_parallel_size),
+               "--pipeline-model-parallel-size", str(t.pipeline_model_parallel_size), "--seed", str(t.seed),
+               "--save", save, "--load", save, *tokenizer_flags(config.tokenizer),
+               "--registry", paths.registry, "--method", method]
+    if method == REAL_ONLY:
+        wd = t.real_only_weight_decay if t.real_only_weight_decay is not None else t.weight_decay
+        command += ["--real-epochs", f"{t.real_only_epochs:g}", "--weight-decay", str(wd)]
+    else:
+        command += ["--real-epochs", f"{t.real_epochs:g}", "--weight-decay", str(t.weight_decay),
+                    "--synthetic-path", paths.tokens(method), "--synthetic-fraction", f"{t.synthetic_fraction:g}",
+                    "--generations", str(config.generate.generations(GENERATION_OF[method]))]
+    if t.base_steps:
+        command += ["--base-steps", str(t.base_steps)]
+    if t.save_interval:
+        command += ["--save-interval", str(t.save_interval)]
+    return command
+
+
+def _train_eval_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
+    steps = []
+    for method in [REAL_ONLY, *config.methods]:
+        after = ("tokenize",) if method == REAL_ONLY else ("tokenize", f"assemble-{method}")
+        steps.append(Step(f"train-{method}", [_train_command(config, paths, method)], "train", after=after))
+        evaluate = ["eval", "--load", str(paths.run(method)), "--valid-path", paths.tokens("valid_iid"),
+                    "--long-valid-path", paths.tokens("valid_long"),
+                    "--output-dir", str(paths.run(method) / "eval"),
+                    "--micro-batch-size", str(config.eval.micro_batch_size),
+                    "--bucket-size", str(config.eval.bucket_size),
+                    "--tensor-model-parallel-size", str(config.train.tensor_model_parallel_size),
+                    "--pipeline-model-parallel-size", str(config.train.pipeline_model_parallel_size),
+                    "--registry", paths.registry]
+        steps.append(Step(f"eval-{method}", [evaluate], "eval", after=(f"train-{method}",)))
+    return steps
+
+
+def steps(config: PipelineConfig) -> list[Step]:
+    """Every step of the pipeline, each after the steps it needs (a topological order)."""
+    paths = Paths(Path(config.work_dir))
+    evals = tuple(f"eval-{m}" for m in [REAL_ONLY, *config.methods])
+    report = Step("report", [["report", "--registry", paths.registry, "--output-dir", paths.report]], after=evals)
+    return [*_split_steps(config, paths), *_generate_steps(config, paths), *_assemble_steps(config, paths),
+            *_train_eval_steps(config, paths), report]

@@ -1,0 +1,184 @@
+"""The sbatch executor: each step of a pipeline as one sbatch script, submitted with afterok dependencies.
+
+Each step of `megadoc.launch.pipeline.steps` becomes one sbatch script (rendered from templates/step.sbatch, meant
+to be read), with the resources of its kind (`slurm.cpu`, `.generate`, `.train`, `.eval` in the pipeline YAML):
+
+- generation steps are job arrays, one task per shard (`--array=0-(K-1)`); a task passes its
+  `--shard-index $SLURM_ARRAY_TASK_ID`, and `megadoc generate` resumes its shard's committed chunks, so a task that
+  is requeued (`--requeue`: preemption, node failure, `scontrol requeue`) finishes with nothing written twice;
+- training and evaluation run `srun` once per node, each starting torchrun over the node's processes, with the
+  rendezvous on the first node of the allocation;
+- with a `container_image` the step's commands run through pyxis (`srun --container-image/--container-mounts`).
+
+A job marks its step done on success (the markers of megadoc.launch.executor; an array task marks its shard, the
+last one the step), so submitting a pipeline again submits only what has not finished.
+"""
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from megadoc.errors import MegadocError
+from megadoc.files import atomic_write
+from megadoc.launch.executor import PendingStep, marker, paths
+from megadoc.launch.pipeline import PipelineConfig, Resources, Step
+
+TEMPLATE = Path(__file__).parent / "templates" / "step.sbatch"
+WIDTH = 110
+"""Script lines are wrapped before this many characters."""
+
+
+def resources(config: PipelineConfig, step: Step) -> Resources:
+    return getattr(config.slurm, step.resources)
+
+
+def array_spec(tasks: tuple[int, ...]) -> str:
+    """`--array` value for these task ids, ranges compressed: (0, 1, 2, 5) -> '0-2,5'."""
+    ranges, start = [], tasks[0]
+    for previous, task in zip(tasks, tasks[1:] + (None,)):
+        if task != previous + 1:
+            ranges.append(f"{start}-{previous}" if previous > start else str(start))
+            start = task
+    return ",".join(ranges)
+
+
+# ---------------------------------------------------------------------------------------------------- rendering
+
+
+def _wrap(words: list[str], indent: str = "    ") -> str:
+    """Shell words on lines of at most WIDTH characters, broken before a flag (`--x value` stays together)."""
+    groups: list[list[str]] = []
+    for word in words:
+        if not groups or word.startswith("-"):
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    lines = [""]
+    for group in (" ".join(g) for g in groups):
+        if lines[-1] and len(indent) + len(lines[-1]) + len(group) + 3 > WIDTH:
+            lines.append(group)
+        else:
+            lines[-1] = f"{lines[-1]} {group}" if lines[-1] else group
+    return f" \\\n{indent}".join(lines)
+
+
+def _quote(argv: list[str]) -> list[str]:
+    return [shlex.quote(arg) for arg in argv]
+
+
+def _container(res: Resources) -> list[str]:
+    if not res.container_image:
+        return []
+    mounts = [f"--container-mounts={','.join(res.container_mounts)}"] if res.container_mounts else []
+    return [f"--container-image={res.container_image}", *mounts]
+
+
+def sbatch_options(config: PipelineConfig, step: Step, tasks: tuple[int, ...]) -> list[str]:
+    """The #SBATCH options of a step: its kind's resources, one task per node, arrays for shards."""
+    slurm, res = config.slurm, resources(config, step)
+    logs = paths(config).slurm / "logs"
+    options = [f"--job-name={config.name}-{step.name}",
+               f"--output={logs}/%x-{'%A_%a' if step.array else '%j'}.out", "--open-mode=append",
+               f"--chdir={config.work_dir}"]
+    options += [f"--{key}={value}" for key, value in
+                (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos)) if value]
+    options += [f"--time={res.time}", f"--nodes={res.nodes if step.distributed else 1}", "--ntasks-per-node=1",
+                f"--cpus-per-task={res.cpus_per_task}"]
+    if res.mem:
+        options.append(f"--mem={res.mem}")
+    if res.gpus_per_node > 0:
+        options.append(f"--gpus-per-node={res.gpus_per_node}")
+    if step.array:
+        options.append(f"--array={array_spec(tasks)}")
+    # Every stage resumes where it stopped, so a requeued job (preemption, node failure) is safe to run again; a
+    # job whose dependency failed is cancelled instead of pending forever.
+    options += ["--requeue", "--kill-on-invalid-dep=yes", *slurm.extra_sbatch]
+    return options
+
+
+def step_body(config: PipelineConfig, step: Step) -> str:
+    """The shell lines that run a step's commands."""
+    res = resources(config, step)
+    lines = []
+    if step.distributed:
+        nodes, nproc = res.nodes, config.train.nproc_per_node
+        lines += ["# torchrun on every node (one srun task each); the first node of the allocation hosts the rendezvous.",
+                  'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                  'MASTER_PORT="$((20000 + SLURM_JOB_ID % 20000))"',
+                  "export MASTER_ADDR MASTER_PORT"]
+        launcher = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *_container(res),
+                    res.python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
+                    "--rdzv-backend=c10d", '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"',
+                    "-m", "megadoc"]
+    else:
+        launcher = [*(["srun", "--ntasks=1", *_container(res)] if res.container_image else []), res.python, "-m",
+                    "megadoc"]
+    for command in step.commands:
+        shard = ["--shard-index", '"$SLURM_ARRAY_TASK_ID"'] if step.array else []
+        lines.append(_wrap([*launcher, *_quote(command), *shard]))
+    return "\n".join(lines)
+
+
+def done_lines(config: PipelineConfig, step: Step) -> str:
+    done = shlex.quote(str(marker(config, step)))
+    lines = [f"mkdir -p {shlex.quote(str(paths(config).done))}"]
+    if not step.array:
+        return "\n".join([*lines, f'echo "slurm job $SLURM_JOB_ID" > {done}'])
+    return "\n".join([
+        *lines, f'echo "slurm job ${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID" > {done}.task"$SLURM_ARRAY_TASK_ID"',
+        "# The last task to finish marks the whole step.",
+        f"for task in $(seq 0 {step.array - 1}); do [ -e {done}.task\"$task\" ] || exit 0; done",
+        f'echo "slurm array job $SLURM_ARRAY_JOB_ID" > {done}'])
+
+
+def render(config: PipelineConfig, step: Step, tasks: tuple[int, ...], script: Path, source: str) -> str:
+    """A step's sbatch script."""
+    title = f"megadoc pipeline {config.name!r}, step {step.name}"
+    if step.array:
+        title += f": array of {step.array} tasks, one per generation shard"
+    if step.after:
+        title += f" (runs after {', '.join(step.after)})"
+    hint = f" --dependency=afterok:{':'.join(f'<{a}>' for a in step.after)}" if step.after else ""
+    values = {"title": title, "pipeline": source, "dependency_hint": hint, "script": str(script),
+              "sbatch": "\n".join(f"#SBATCH {option}" for option in sbatch_options(config, step, tasks)),
+              "setup": "\n".join(resources(config, step).setup) or "# (none)", "body": step_body(config, step),
+              "done": done_lines(config, step)}
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match.group(1)], TEMPLATE.read_text())
+
+
+def write_script(config: PipelineConfig, pending: PendingStep, scripts_dir: Path, source: str) -> Path:
+    """The step's script, numbered by its place in the pipeline."""
+    scripts_dir.mkdir(parents=True, exist_ok=True)
+    (paths(config).slurm / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create --output's folder
+    script = scripts_dir / f"{pending.number:02d}-{pending.step.name}.sbatch"
+    with atomic_write(script, "w") as handle:
+        handle.write(render(config, pending.step, pending.tasks, script, source))
+    return script
+
+
+# ---------------------------------------------------------------------------------------------------- submitting
+
+
+def slurm_command(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run a Slurm client command, refused in one line where Slurm is not installed."""
+    if shutil.which(argv[0]) is None:
+        raise MegadocError(f"{argv[0]} not found: submit from a Slurm login node (or start one here with "
+                           "slurm/local-cluster.sh), or use --dry-run to only write the scripts")
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+
+
+def sbatch(script: Path, dependencies: list[str]) -> str:
+    """Submit one script; returns its job id (an array's id covers all its tasks)."""
+    argv = ["sbatch", "--parsable", *([f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []),
+            str(script)]
+    result = slurm_command(argv)
+    job_id = result.stdout.strip().split(";")[0]
+    if result.returncode or not job_id.isdigit():
+        raise MegadocError(f"sbatch refused {script.name}: {first_line(result.stderr or result.stdout)}")
+    return job_id
