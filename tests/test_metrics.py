@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from megadoc.errors import MegadocError
-from megadoc_recipes.metrics import LossAccumulator, load_curve, save_curve
+from megadoc.evaluation.metrics import LossAccumulator, load_curve, save_curve
 
 
 def test_token_weighted_mean_and_buckets():

@@ -113,7 +113,7 @@ def test_tiktoken_llama3_writes_the_same_bytes_as_hf(corpus, llama3_hf, llama3_t
 def test_megatron_core_reads_it_back(corpus, llama3_hf, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     path, records = corpus
     assert tokenize([path], tmp_path / "ds", llama3_hf, "--append-eod") == 0
@@ -140,7 +140,7 @@ def test_dtype_rule_small_vocabulary_is_uint16(corpus, sp_model, tmp_path):
 def test_parts_become_one_sequence_with_eod_after_each_part(llama3_hf, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     parts = ["First rephrase of the article.", "Second rephrase, different words.", "The real document."]
     corpus = _write_jsonl(tmp_path / "mega.jsonl", [{"id": "a", "text": "plain doc"}, {"id": "m", "parts": parts}])
@@ -256,7 +256,7 @@ def test_gpt_dataset_builds_on_the_output(corpus, llama3_hf, tmp_path):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    from megadoc.tokenizer import TokenizerSpec, build_tokenizer
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     assert tokenize([corpus[0]], tmp_path / "ds", llama3_hf, "--append-eod") == 0
     config = GPTDatasetConfig(random_seed=1, sequence_length=256, blend=([str(tmp_path / "ds")], None),
