@@ -75,7 +75,7 @@ def parameter_lines(laws: list[dict]) -> list[str]:
     if not laws:
         return []
     lines = ["| method | G | real tokens | sizes | fit (N in billions) |", "|---|---|---|---|---|"]
-    lines += [f"| {law['method']} | {law['G']} | {law['real_tokens']} | {law['sizes']} | "
+    lines += [f"| {law['method']} | {law['generations']} | {law['real_tokens']} | {law['sizes']} | "
               + (law["error"] if "error" in law else f"{law['A']:.3g} / N^{law['alpha']:.2f} + **{law['C']:.3f}**")
               + " |" for law in laws]
     return ["## Loss vs parameters (asymptotes)", "", *lines, ""]

@@ -212,31 +212,34 @@ def _check_type(value, kind, where: str):
         if not isinstance(value, list):
             raise MegadocError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         return [_check_type(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)] if args else value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if kind is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if kind in (int, float, str, bool) and (not isinstance(value, kind) or kind is int and isinstance(value, bool)):
         raise MegadocError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _build(cls, data, where: str):
+def _build(cls, data, where: str = ""):
     """A dataclass from a YAML mapping; unknown keys and wrong types are errors (a typo must not be ignored)."""
     if not isinstance(data, dict):
-        raise MegadocError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise MegadocError(f"{where or 'the pipeline'}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise MegadocError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        raise MegadocError(f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)} "
+                           f"(known: {', '.join(known)})")
     hints = get_type_hints(cls)
     values = {}
     for name, value in data.items():
-        kind = hints[name]
-        values[name] = (_build(kind, value, f"{where}.{name}") if is_dataclass(kind)
-                        else _check_type(value, kind, f"{where}.{name}"))
+        kind, key = hints[name], f"{where}.{name}" if where else name
+        values[name] = _build(kind, value, key) if is_dataclass(kind) else _check_type(value, kind, key)
     try:
         return cls(**values)
     except TypeError as error:
-        raise MegadocError(f"{where}: {error}") from None
+        raise MegadocError(f"{where or 'the pipeline'}: {error}") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -263,7 +266,10 @@ def load_pipeline(path: str | os.PathLike, overrides: list[str] = ()) -> Pipelin
         raise MegadocError(f"{path}: cannot read the pipeline ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise MegadocError(f"{path}: a pipeline is a YAML mapping (name, work_dir, corpus, ...)")
-    config = _build(PipelineConfig, apply_overrides(data, list(overrides)), str(path))
+    try:
+        config = _build(PipelineConfig, apply_overrides(data, list(overrides)))
+    except MegadocError as error:
+        raise MegadocError(f"{path}: {error}") from None
     base = path.resolve().parent
     config.work_dir = str(base / config.work_dir)
     config.corpus = [c if Path(c).is_absolute() else str(base / c) for c in config.corpus]

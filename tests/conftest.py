@@ -37,11 +37,13 @@ def llama3_tiktoken() -> Path:
 def write_generations():
     """Writes hand-made generation rows as one committed shard (Parquet chunk + manifest), through the shard
     format's own writer; missing columns are null. Returns the generation directory."""
-    from megadoc.preprocess.generate.shards import COLUMNS, commit_chunk, open_shard, shard_dir
+    from megadoc.preprocess.generate.shards import COLUMNS, commit_chunk, shard_dir
 
     def write(directory: Path, rows: list[dict]) -> str:
         shard = shard_dir(str(directory), 0, 1)
-        manifest = open_shard(shard, {"num_shards": 1})
+        shard.mkdir(parents=True)
+        manifest = {"params": {"num_shards": 1}, "params_hash": "hand-written", "chunks": [], "complete": True,
+                    "counts": {}}
         full = [{column: row.get(column) for column in COLUMNS} for row in rows]
         commit_chunk(shard, manifest, full, {"file": "chunk-00000.parquet", "rows": len(full),
                                              "docs": len({row["doc_id"] for row in rows})})

@@ -26,7 +26,8 @@ from megadoc.cli import main as cli_main
 from megadoc.errors import MegadocError
 from megadoc.preprocess.generate.shards import iter_rows
 from megadoc.launch.pipeline import load_pipeline, steps
-from megadoc.slurm.sbatch import array_spec, submit
+from megadoc.slurm.sbatch import array_spec
+from megadoc.slurm.submit import submit
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
