@@ -15,6 +15,7 @@ mark it done, is `Paths`.
 """
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -178,6 +179,9 @@ class PipelineConfig:
     slurm: SlurmStage = field(default_factory=SlurmStage)
 
     def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise MegadocError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names jobs and files)")
+        _check_strings(asdict(self), "")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise MegadocError(f"methods: {', '.join(unknown)} not in {', '.join(METHODS)}")
@@ -185,8 +189,14 @@ class PipelineConfig:
             kind = GENERATION_OF[method]
             if self.generate.generations(kind) is None:
                 raise MegadocError(f"methods: {method} needs {kind}s, but generate.{kind}s is null")
-        if self.train.nproc_per_node < 1:
-            raise MegadocError("train.nproc_per_node must be >= 1")
+        positive = {"train.nproc_per_node": self.train.nproc_per_node, "generate.num_shards": self.generate.num_shards,
+                    "generate.chunk_docs": self.generate.chunk_docs, "generate.rephrases": self.generate.rephrases or 1,
+                    "generate.rationales": self.generate.rationales or 1, "train.global_batch_size":
+                    self.train.global_batch_size, **{f"slurm.{kind}.nodes": getattr(self.slurm, kind).nodes
+                                                     for kind in ("cpu", "generate", "train", "eval")}}
+        for key, value in positive.items():
+            if value < 1:
+                raise MegadocError(f"{key}: {value} must be >= 1")
 
     @property
     def seq_length(self) -> int:
@@ -198,6 +208,21 @@ class PipelineConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- YAML
+
+
+def _check_strings(value, where: str) -> None:
+    """No control character (a newline above all) in any string: each one ends up in a script or a command line,
+    where a newline would start a command of its own."""
+    if isinstance(value, str):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise MegadocError(f"{where}: {value!r} holds a control character (newline, tab, ...)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_strings(item, f"{where}[{i}]")
+
 
 
 def _check_type(value, kind, where: str):

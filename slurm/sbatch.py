@@ -75,19 +75,28 @@ def _container(res: Resources) -> list[str]:
     return [f"--container-image={res.container_image}", *mounts]
 
 
+def _option(name: str, value) -> str:
+    """`--name=value` for an #SBATCH line; sbatch reads those lines' words as a shell would, so a value with spaces
+    is double-quoted (and one with a double quote refused: it could not be written back safely)."""
+    value = str(value)
+    if '"' in value or "\\" in value:
+        raise MegadocError(f"{value!r}: a double quote or backslash cannot go into an #SBATCH --{name} line")
+    return f'--{name}="{value}"' if re.search(r"\s|[#'$`;&|<>()]", value) else f"--{name}={value}"
+
+
 def sbatch_options(config: PipelineConfig, step: Step, tasks: tuple[int, ...]) -> list[str]:
     """The #SBATCH options of a step: its kind's resources, one task per node, arrays for shards."""
     slurm, res = config.slurm, resources(config, step)
     logs = paths(config).slurm / "logs"
-    options = [f"--job-name={config.name}-{step.name}",
-               f"--output={logs}/%x-{'%A_%a' if step.array else '%j'}.out", "--open-mode=append",
-               f"--chdir={config.work_dir}"]
-    options += [f"--{key}={value}" for key, value in
+    options = [_option("job-name", f"{config.name}-{step.name}"),
+               _option("output", f"{logs}/%x-{'%A_%a' if step.array else '%j'}.out"), "--open-mode=append",
+               _option("chdir", config.work_dir)]
+    options += [_option(key, value) for key, value in
                 (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos)) if value]
-    options += [f"--time={res.time}", f"--nodes={res.nodes if step.distributed else 1}", "--ntasks-per-node=1",
+    options += [_option("time", res.time), f"--nodes={res.nodes if step.distributed else 1}", "--ntasks-per-node=1",
                 f"--cpus-per-task={res.cpus_per_task}"]
     if res.mem:
-        options.append(f"--mem={res.mem}")
+        options.append(_option("mem", res.mem))
     if res.gpus_per_node > 0:
         options.append(f"--gpus-per-node={res.gpus_per_node}")
     if step.array:
