@@ -54,7 +54,6 @@ class TokenizeConfig:
             raise MegadocError("--input: no corpus given")
         if self.checkpoint_interval < 1:
             raise MegadocError("--checkpoint-interval must be >= 1")
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_prefix)), exist_ok=True)
 
 
 @dataclass
@@ -165,6 +164,7 @@ def tokenize(config: TokenizeConfig, tokenizer: Tokenizer, progress: bool = True
     dtype = optimal_dtype(tokenizer.vocab_size)
     if tokenizer.eod > np.iinfo(dtype).max:
         raise MegadocError(f"EOD id {tokenizer.eod} does not fit the {dtype.name} .bin")
+    os.makedirs(os.path.dirname(os.path.abspath(config.output_prefix)), exist_ok=True)
     writer = ResumableIndexedWriter(config.output_prefix, dtype, _fingerprint(config, tokenizer, dtype))
     resumed = writer.state.records_done
     start, last_checkpoint = time.time(), resumed
