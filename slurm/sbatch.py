@@ -76,12 +76,11 @@ def _container(res: Resources) -> list[str]:
 
 
 def _option(name: str, value) -> str:
-    """`--name=value` for an #SBATCH line; sbatch reads those lines' words as a shell would, so a value with spaces
-    is double-quoted (and one with a double quote refused: it could not be written back safely)."""
-    value = str(value)
-    if '"' in value or "\\" in value:
-        raise MegadocError(f"{value!r}: a double quote or backslash cannot go into an #SBATCH --{name} line")
-    return f'--{name}="{value}"' if re.search(r"\s|[#'$`;&|<>()]", value) else f"--{name}={value}"
+    """`--name=value` for an #SBATCH line, written so that sbatch reads the value back whole: sbatch splits those
+    lines at whitespace outside double quotes, drops the rest of a line at an unescaped '#', and takes a backslash
+    as an escape (src/sbatch/opt.c `_get_argument`)."""
+    value = re.sub(r'(["\\#])', r"\\\1", str(value))
+    return f'--{name}="{value}"' if re.search(r"\s", value) else f"--{name}={value}"
 
 
 def sbatch_options(config: PipelineConfig, step: Step, tasks: tuple[int, ...]) -> list[str]:
