@@ -1,9 +1,11 @@
-"""`megadoc eval`: i.i.d. loss, loss by token position and short-document loss of a `megadoc train` checkpoint.
+"""`megadoc eval`: i.i.d. loss, loss by token position and short-document loss of a trained checkpoint.
 
-The model's shape, vocabulary and context come from the checkpoint folder (`megadoc_recipe.json`, written by
-`megadoc train`), never from flags, so a checkpoint cannot be evaluated as a model it is not. Only the weights are
-loaded (dist_checkpointing, resharded to this run's TP x PP: a TP=2 checkpoint evaluates at TP=1). Each validation
-set is a Megatron .bin/.idx prefix:
+A checkpoint of `megadoc train` (Megatron-Core) or of Megatron-Bridge (`megadoc pretrain`, or Bridge's `pretrain`
+with a megadoc recipe) loads through one function, `megadoc.training.checkpoints.load_model`: the model's shape,
+vocabulary and context come from the checkpoint folder (`megadoc_recipe.json`, else Bridge's run_config.yaml), never
+from flags, so a checkpoint cannot be evaluated as a model it is not. Only the weights are loaded (dist_checkpointing,
+resharded to this run's TP x PP: a TP=2 checkpoint evaluates at TP=1). Each validation set is a Megatron .bin/.idx
+prefix:
 
 - i.i.d. (`--valid-path`) and short documents (`--short-valid-path`): the documents packed into seq_length windows
   exactly as training packs them (a Megatron-Core GPTDataset over the prefix, one epoch, every window once,
@@ -35,10 +37,10 @@ import torch
 from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
 from megadoc.evaluation.metrics import LossAccumulator, save_curve
-from megadoc.recipes.models import ParallelRecipe, TrainingRecipe, padded_vocab_size
-from megadoc.training.checkpoints import checkpoint_path, load_run_config, load_weights
+from megadoc.recipes.models import ParallelRecipe, TrainingRecipe
+from megadoc.training.checkpoints import checkpoint_path, load_model, load_run_config
 from megadoc.training.registry import read_registry, update_run
-from megadoc.training.runtime import build_model, start, to_device
+from megadoc.training.runtime import start
 
 EVAL_JSON, CURVE_JSON, CURVE_PNG = "eval.json", "loss_by_position.json", "loss_by_position.png"
 SEED = 1234
@@ -49,7 +51,8 @@ MICROBATCHES_PER_CALL = 8
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--load", required=True, help="checkpoint folder of megadoc train (its latest checkpoint)")
+    parser.add_argument("--load", required=True, help="checkpoint folder of megadoc train or Megatron-Bridge (its "
+                        "latest checkpoint)")
     parser.add_argument("--valid-path", required=True, help=".bin/.idx prefix of the i.i.d. validation documents")
     parser.add_argument("--long-valid-path", help="prefix of the long documents (loss by token position)")
     parser.add_argument("--short-valid-path", help="prefix of the short documents")
@@ -72,7 +75,8 @@ class EvalConfig:
     """What `megadoc eval` evaluates, on what, and where the results go."""
 
     load: str
-    """Checkpoint folder of `megadoc train`: latest_checkpointed_iteration.txt, iter_NNNNNNN/, megadoc_recipe.json."""
+    """Checkpoint folder of `megadoc train` or Megatron-Bridge: latest_checkpointed_iteration.txt, iter_NNNNNNN/,
+    megadoc_recipe.json (or Bridge's iter_NNNNNNN/run_config.yaml)."""
     valid_path: str
     """Prefix of the i.i.d. validation documents."""
     output_dir: str
@@ -96,17 +100,6 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-
-
-def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRecipe:
-    """The trained recipe laid out as `parallel`, computing in fp32 (a measurement: no bf16 rounding in the
-    differences between runs), its vocabulary padded exactly as in training (the softmax spans the padding rows,
-    and the checkpoint's embeddings have them)."""
-    padded = padded_vocab_size(recipe.vocab_size, recipe.parallel.tensor_model_parallel_size)
-    if padded_vocab_size(padded, parallel.tensor_model_parallel_size) != padded:
-        raise MegadocError(f"the checkpoint's padded vocabulary ({padded}) does not split over "
-                           f"TP={parallel.tensor_model_parallel_size}")
-    return replace(recipe, vocab_size=padded, parallel=parallel, bf16=False)
 
 
 def open_prefix(prefix: str, vocab_size: int):
@@ -295,18 +288,16 @@ def evaluate(config: EvalConfig) -> dict | None:
         config = replace(config, run=run_config.name)
     seq_length = trained.model.seq_length
     beyond = check_config(config, seq_length)
-    recipe = eval_recipe(trained, config.parallel)
     sets = {"iid": config.valid_path, "short": config.short_valid_path, "long": config.long_valid_path}
     windows = {name: validation_windows(name, prefix, trained) for name, prefix in sets.items() if prefix}
 
-    start(recipe.parallel, SEED)
+    start(config.parallel, SEED)
     writer = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
               and parallel_state.get_data_parallel_rank() == 0)
 
-    model = to_device(build_model(recipe))  # fp32 here, so this only moves it onto the GPU (where there is one)
-    iteration = load_weights(model, config.load)
-    model.eval()
-    sums = {name: loss_by_position(model, sample, seq_length, config.micro_batch_size, name, writer)
+    loaded = load_model(config.load, config.parallel)
+    iteration = loaded.iteration
+    sums = {name: loss_by_position(loaded.model, sample, seq_length, config.micro_batch_size, name, writer)
             for name, sample in windows.items()}
     if not writer:
         return None

@@ -10,6 +10,11 @@ Every model is built from its explicit dimensions (`megadoc.recipes.models`), ne
 own Llama recipes call `AutoBridge.from_hf_pretrained`, which needs the network. Data comes through the megadoc
 `DatasetProvider` (exact per-stream counts) and `train_iters` is the megadoc plan's, so the provider and the
 trainer agree on the number of samples; `apply_overrides` keeps them so under Hydra-style `key=value` overrides.
+Production settings as Bridge's own H100 Llama recipes have them: Transformer Engine layers with fused (cuDNN)
+attention and TE's fused cross-entropy when TE is installed (Megatron-Core's local layers otherwise), the
+distributed optimizer, bf16 mixed precision, TP / PP / CP / sequence parallelism as parameters, TensorBoard (and
+W&B with `wandb_project`), validation every train_iters / 20 steps (the paper's cadence) and a checkpoint as often
+by default. `python -m megadoc.training.bridge <recipe> key=value ...` launches one (megadoc.training.bridge).
 `cfg.to_yaml` / `ConfigContainer.from_yaml` round-trip once `megadoc_data.bridge` is imported (building a config
 here does it): that adds the provider to Bridge's allowlist of YAML `_target_`s. Megatron-Bridge is imported inside
 the functions: this module imports (and the CLI works) in an environment without Bridge.
@@ -39,20 +44,28 @@ def pretrain_config(
     context_parallel_size: int = 1,
     global_batch_size: int = 64,
     micro_batch_size: int = 1,
+    sequence_parallel: bool = False,
     seq_length: int | None = None,
     base_steps: int | None = None,
     eval_iters: int = 16,
+    save_interval: int | None = None,
     seed: int = 1234,
     output_dir: str | None = None,
     data_cache_path: str | None = None,
+    tokenizer_type: str | None = None,
+    wandb_project: str | None = None,
+    wandb_exp_name: str | None = None,
 ):
     """A pre-training ConfigContainer for one of the paper's models (`MODELS`: 150m, 300m, 600m, 1.5b, tiny).
 
     E (`real_epochs`) and r (`synthetic_fraction`) set the data plan, and train_iters = floor(base_steps x E /
     (1 - r)); `base_steps` None reads one real pass from the .idx header of `real_path` (777 for the paper's
-    203.7M tokens), given, the config builds without the data (e.g. on a login node). Validation runs once, at
-    the end, over `valid_paths` (`eval_iters` batches each). Checkpoints and TensorBoard logs go under
-    `output_dir` (default ./nemo_experiments/megadoc-<model>).
+    203.7M tokens), given, the config builds without the data (e.g. on a login node). Validation runs every
+    train_iters / 20 steps over `valid_paths` (`eval_iters` batches each); a checkpoint is saved every
+    `save_interval` steps (default: as often as validation) and at the end. Checkpoints go to
+    `output_dir`/checkpoints (resumed from there), TensorBoard logs to `output_dir`/tb_logs (default output_dir:
+    ./nemo_experiments/megadoc-<model>), and to W&B as well when `wandb_project` is given. The tokenizer is the
+    one the data was written with (megadoc's --tokenizer-model: an HF folder, a sentencepiece .model, or smollm2).
     """
     from megadoc_data.bridge import MegadocDatasetProvider
     from megadoc_data.config import MegadocBlendConfig
@@ -62,6 +75,7 @@ def pretrain_config(
     seq_length = seq_length or MODELS[model].seq_length
     output_dir = output_dir or os.path.join(os.getcwd(), "nemo_experiments", f"megadoc-{model}")
     cfg = _container(model, seq_length, OptimizerRecipe(lr=lr, weight_decay=weight_decay), output_dir, seed)
+    cfg.tokenizer = _tokenizer(str(tokenizer_model), tokenizer_type)
     cfg.dataset = MegadocDatasetProvider(
         blend=MegadocBlendConfig(
             real_prefix=real_path, synthetic_prefixes=list(synthetic_paths), synthetic_weights=synthetic_weights,
@@ -73,8 +87,13 @@ def pretrain_config(
     cfg.model.tensor_model_parallel_size = tensor_model_parallel_size
     cfg.model.pipeline_model_parallel_size = pipeline_model_parallel_size
     cfg.model.context_parallel_size = context_parallel_size
-    cfg.tokenizer.tokenizer_model = str(tokenizer_model)
+    cfg.model.sequence_parallel = sequence_parallel
     cfg.validation.eval_iters = eval_iters if valid_paths else 0
+    cfg.checkpoint.save_interval = save_interval
+    if wandb_project:
+        cfg.logger.wandb_project = wandb_project
+        cfg.logger.wandb_exp_name = wandb_exp_name or f"megadoc-{model}"
+        cfg.logger.wandb_save_dir = os.path.join(output_dir, "wandb")
     return sync_plan(cfg)
 
 
@@ -89,21 +108,33 @@ def apply_overrides(cfg, overrides: list[str]):
     return sync_plan(process_config_with_overrides(cfg, cli_overrides=list(overrides)))
 
 
+EVALUATIONS_PER_RUN = 20
+"""The paper evaluates every total / 20 steps."""
+
+
+def eval_cadence(train_iters: int) -> int:
+    """Steps between validations (and, by default, checkpoints): train_iters / 20, at least 1."""
+    return max(1, train_iters // EVALUATIONS_PER_RUN)
+
+
 def sync_plan(cfg):
     """Make the trainer and the megadoc plan agree: the blend takes the trainer's sequence length, global batch and
     seed (and is validated again), then train_iters = the plan's, warmup = 1% of it, cosine decay over all of it,
-    validation once at the end."""
+    validation every train_iters / 20 steps, and a save interval that was the cadence (or unset) follows it."""
     from megadoc_data.plan import make_plan, plan_from_data
 
     blend = dataclasses.replace(cfg.dataset.blend, seq_length=cfg.model.seq_length,
                                 global_batch_size=cfg.train.global_batch_size, seed=cfg.rng.seed)
     plan = make_plan(blend) if blend.base_steps is not None else plan_from_data(blend)
+    derived_save = cfg.checkpoint.save_interval in (None, eval_cadence(cfg.train.train_iters or 0))
     cfg.dataset.blend = blend
     cfg.train.train_iters = plan.train_iters
     cfg.scheduler.lr_warmup_iters = OptimizerRecipe().warmup_iters(plan.train_iters)
     cfg.scheduler.lr_decay_iters = plan.train_iters
-    cfg.validation.eval_interval = plan.train_iters if blend.valid_prefixes else None
+    cfg.validation.eval_interval = eval_cadence(plan.train_iters) if blend.valid_prefixes else None
     cfg.validation.multiple_validation_sets = len(blend.valid_prefixes) > 1
+    if derived_save:
+        cfg.checkpoint.save_interval = eval_cadence(plan.train_iters)
     return cfg
 
 
@@ -145,7 +176,50 @@ def _model_provider(model: str, seq_length: int):
         share_embeddings_and_output_weights=False,
         seq_length=seq_length,
         make_vocab_size_divisible_by=128,
+        **_kernels(),
     )
+
+
+def has_transformer_engine() -> bool:
+    """Whether Megatron-Core found Transformer Engine (what its own layer specs decide by)."""
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    return HAVE_TE
+
+
+def _kernels() -> dict:
+    """The layers and fused kernels: with Transformer Engine, TE's layers (fused norm + linear), cuDNN fused
+    attention, TE's fused cross-entropy and fused SwiGLU / RoPE, as Bridge's H100 Llama recipes; without it,
+    Megatron-Core's local layers and attention (a machine without TE, e.g. CPU tests)."""
+    from megatron.bridge.models.gpt_provider import local_layer_spec, transformer_engine_layer_spec
+    from megatron.core.transformer.enums import AttnBackend
+
+    if has_transformer_engine():
+        return dict(transformer_layer_spec=transformer_engine_layer_spec, transformer_impl="transformer_engine",
+                    attention_backend=AttnBackend.fused, cross_entropy_loss_fusion=True,
+                    cross_entropy_fusion_impl="te", bias_activation_fusion=True, apply_rope_fusion=True)
+    return dict(transformer_layer_spec=local_layer_spec, transformer_impl="local", attention_backend=AttnBackend.local)
+
+
+def _tokenizer(tokenizer_model: str, tokenizer_type: str | None):
+    """Bridge's TokenizerConfig for the tokenizer the data was written with (megadoc's spec: its vocabulary sizes
+    the model). Bridge reads HF folders and sentencepiece models; 'smollm2' is the embedded model's folder."""
+    from megatron.bridge.training.config import TokenizerConfig
+
+    from megadoc.preprocess.tokenizer import EMBEDDED_TOKENIZER, HF_TYPES, SENTENCEPIECE_TYPES, guess_type
+
+    if tokenizer_model == EMBEDDED_TOKENIZER:
+        from megadoc.preprocess.generate.embedded_model import default_model_dir
+
+        tokenizer_model, tokenizer_type = default_model_dir(), "HuggingFaceTokenizer"
+    kind = tokenizer_type or guess_type(tokenizer_model)
+    if kind in HF_TYPES:
+        folder = os.path.dirname(tokenizer_model) if tokenizer_model.endswith(".json") else tokenizer_model
+        return TokenizerConfig(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=folder)
+    if kind in SENTENCEPIECE_TYPES:
+        return TokenizerConfig(tokenizer_type="SentencePieceTokenizer", tokenizer_model=tokenizer_model)
+    raise MegadocError(f"tokenizer_model: Megatron-Bridge reads HF folders and sentencepiece models, not a {kind} "
+                       f"file ({tokenizer_model}); give the HF folder of the same vocabulary")
 
 
 def _optimizer(opt: OptimizerRecipe):
@@ -164,16 +238,17 @@ def _optimizer(opt: OptimizerRecipe):
 
 
 def _container(model: str, seq_length: int, opt: OptimizerRecipe, output_dir: str, seed: int):
-    """Everything but the data and the step counts (`sync_plan`): Bridge's pre-training defaults (distributed
-    optimizer, bf16 mixed precision, torch_dist checkpoints) around the paper's model and optimizer."""
+    """Everything but the data, the tokenizer and the step counts (`sync_plan`): Bridge's pre-training defaults
+    (distributed optimizer, overlapped gradient reduce and parameter gather, bf16 mixed precision, torch_dist
+    checkpoints, manual garbage collection) around the paper's model and optimizer."""
     from megatron.bridge.training.config import (
         CheckpointConfig, ConfigContainer, DistributedDataParallelConfig, DistributedInitConfig, LoggerConfig,
-        RNGConfig, TokenizerConfig, TrainingConfig, ValidationConfig)
+        RNGConfig, TrainingConfig, ValidationConfig)
 
     optimizer, scheduler = _optimizer(opt)
     return ConfigContainer(
         model=_model_provider(model, seq_length),
-        train=TrainingConfig(global_batch_size=64, micro_batch_size=1),
+        train=TrainingConfig(global_batch_size=64, micro_batch_size=1, manual_gc=True, manual_gc_interval=100),
         validation=ValidationConfig(eval_interval=None, eval_iters=0),
         optimizer=optimizer,
         scheduler=scheduler,
@@ -181,11 +256,12 @@ def _container(model: str, seq_length: int, opt: OptimizerRecipe, output_dir: st
                                           overlap_grad_reduce=True, overlap_param_gather=True,
                                           average_in_collective=True, use_distributed_optimizer=True),
         dataset=None,
-        logger=LoggerConfig(log_interval=10, tensorboard_dir=os.path.join(output_dir, "tb_logs")),
-        tokenizer=TokenizerConfig(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=None),
+        logger=LoggerConfig(log_interval=10, tensorboard_dir=os.path.join(output_dir, "tb_logs"),
+                            log_timers_to_tensorboard=True, log_validation_ppl_to_tensorboard=True),
+        tokenizer=None,
         checkpoint=CheckpointConfig(save=os.path.join(output_dir, "checkpoints"),
-                                    load=os.path.join(output_dir, "checkpoints"), save_interval=500,
-                                    ckpt_format="torch_dist", fully_parallel_save=True),
+                                    load=os.path.join(output_dir, "checkpoints"), ckpt_format="torch_dist",
+                                    fully_parallel_save=True),
         rng=RNGConfig(seed=seed),
         dist=DistributedInitConfig(),
         mixed_precision="bf16_mixed",

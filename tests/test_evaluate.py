@@ -95,13 +95,12 @@ def _direct_losses(checkpoint: Path, windows) -> tuple[np.ndarray, np.ndarray]:
     import torch.nn.functional as F
     from megatron.core import dist_checkpointing
 
-    from megadoc.evaluation.evaluate import eval_recipe
     from megadoc.recipes.models import ParallelRecipe
-    from megadoc.training.checkpoints import load_run_config
+    from megadoc.training.checkpoints import inference_recipe, load_run_config
     from megadoc.training.runtime import build_model, start
 
     start(ParallelRecipe(), 1)
-    model = build_model(eval_recipe(load_run_config(str(checkpoint)).recipe, ParallelRecipe()))
+    model = build_model(inference_recipe(load_run_config(str(checkpoint)).recipe, ParallelRecipe()))
     path = checkpoint / f"iter_{int((checkpoint / 'latest_checkpointed_iteration.txt').read_text()):07d}"
     model.load_state_dict(dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))["model"])
     model.eval()

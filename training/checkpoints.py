@@ -5,13 +5,20 @@ A checkpoint folder (`--save`, also `--load`) holds `iter_NNNNNNN/` saves, the t
 TrainingRecipe (model, optimizer, layout, tokenizer) plus the blend and the plan it trained on, written from the
 configs actually used, so `megadoc eval` needs only --load and a record never says what a run did not do.
 A save holds the model and optimizer shards, each rank's RNG states (Python, numpy, torch, CUDA, Megatron's
-tracker) and the train state (iteration, consumed samples). `load_weights` restores only the model, resharded to
-the loading run's TP x PP (evaluation).
+tracker) and the train state (iteration, consumed samples).
+
+Megatron-Bridge checkpoints (`megadoc pretrain`, or Bridge's `pretrain` with a megadoc recipe) have the same
+layout: the tracker file, `iter_NNNNNNN/` torch_dist saves whose "model" shards carry the same GPTModel keys (the
+local layer spec maps its names onto Transformer Engine's), and `run_config.yaml`, Bridge's record of the run.
+`load_run_config` reads megadoc_recipe.json, else translates that YAML, and `load_model` builds the model a run
+config describes and loads only its weights, resharded to this run's TP x PP: evaluation and export load a
+checkpoint of either trainer through this one function.
 """
 
 import json
+import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +26,14 @@ import torch
 
 from megadoc.errors import MegadocError
 from megadoc.files import atomic_write
-from megadoc.recipes.models import TrainingRecipe
+from megadoc.preprocess.tokenizer import TokenizerSpec
+from megadoc.recipes.models import (MODELS, ModelRecipe, OptimizerRecipe, ParallelRecipe, TrainingRecipe,
+                                    padded_vocab_size)
 
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 RECIPE_NAME = "megadoc_recipe.json"
+BRIDGE_CONFIG_NAME = "run_config.yaml"
+"""Megatron-Bridge's record of a run, in each of its iter_NNNNNNN/ folders."""
 
 
 @dataclass
@@ -106,22 +117,36 @@ def checkpoint_path(load_dir: str) -> tuple[int, Path]:
 
 def load_checkpoint(load_dir: str, model, optimizer) -> TrainState:
     """Restore the latest checkpoint under load_dir into model and optimizer; returns the train state."""
-    from megatron.core import dist_checkpointing
-
     _, path = checkpoint_path(load_dir)
-    loaded = dist_checkpointing.load(_sharded_state(model, optimizer, TrainState(), is_loading=True), str(path))
+    loaded = _load_sharded(_sharded_state(model, optimizer, TrainState(), is_loading=True), path)
     model.module.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     _set_rng_state(loaded["rng_state"])
     return TrainState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
 
 
+def _load_sharded(sharded_state: dict, path: Path) -> dict:
+    """dist_checkpointing.load, its failures said in one line: a checkpoint of another shape, or one written by a
+    newer Megatron-Core than this environment's."""
+    from megatron.core import dist_checkpointing, package_info
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+
+    if not (path / "common.pt").exists() and (package_info.MAJOR, package_info.MINOR) < (0, 17):
+        raise MegadocError(f"{path}: written by Megatron-Core >= 0.17 (e.g. Megatron-Bridge), which this "
+                           f"environment's megatron-core {package_info.__version__} cannot read; load it where "
+                           "Megatron-Bridge is installed (the NeMo container, .venv312)")
+    try:
+        return dist_checkpointing.load(sharded_state, str(path))
+    except (CheckpointingException, RuntimeError, KeyError) as error:
+        message = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise MegadocError(f"{path}: its weights do not fit the model its run config describes ({message[:300]})"
+                           ) from None
+
+
 def load_weights(model, load_dir: str) -> int:
     """The latest checkpoint's model weights (no optimizer or RNG state) into `model`; returns its iteration."""
-    from megatron.core import dist_checkpointing
-
     iteration, path = checkpoint_path(load_dir)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    loaded = _load_sharded({"model": model.sharded_state_dict()}, path)
     model.load_state_dict(loaded["model"])
     return iteration
 
@@ -144,19 +169,31 @@ class RunConfig:
     """The one prefix trained on when there is no blend."""
     name: str | None = None
     """The run's name in the runs registry (`megadoc eval --registry` updates that row)."""
+    backend: str = "core"
+    """What trained it: `core` (megadoc train's Megatron-Core loop) or `bridge` (Megatron-Bridge's pretrain)."""
+
+
+def global_rank() -> int:
+    """This process's rank, before torch.distributed exists too (torchrun's RANK)."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def save_run_config(save_dir: str, record: RunConfig) -> None:
     """Write megadoc_recipe.json (rank 0), before the first checkpoint, so every checkpoint folder has it."""
-    if torch.distributed.get_rank() == 0:
+    if global_rank() == 0:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         with atomic_write(Path(save_dir) / RECIPE_NAME, "w") as handle:
             json.dump(asdict(record), handle, indent=2)
 
 
 def load_run_config(checkpoint_dir: str) -> RunConfig:
-    """The RunConfig `megadoc train` saved beside its checkpoints."""
+    """The RunConfig `megadoc train` / `megadoc pretrain` saved beside the checkpoints; for a Megatron-Bridge run
+    launched without megadoc, the translation of Bridge's run_config.yaml in its latest checkpoint."""
     path = Path(checkpoint_dir) / RECIPE_NAME
+    if not path.exists() and (Path(checkpoint_dir) / TRACKER_NAME).exists():
+        bridge = checkpoint_path(checkpoint_dir)[1] / BRIDGE_CONFIG_NAME
+        if bridge.exists():
+            return _read_bridge_run_config(bridge)
     try:
         data = json.loads(path.read_text())
         return RunConfig(**{**data, "recipe": TrainingRecipe.from_dict(data["recipe"])})
@@ -164,3 +201,92 @@ def load_run_config(checkpoint_dir: str) -> RunConfig:
         raise MegadocError(f"{path}: missing (megadoc train writes it beside its checkpoints)") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise MegadocError(f"{path}: not a megadoc run record ({error})") from None
+
+
+def _read_bridge_run_config(path: Path) -> RunConfig:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+        return run_config_from_bridge(config, config["model"]["vocab_size"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        raise MegadocError(f"{path}: not a Megatron-Bridge GPT run config ({error})") from None
+
+
+def run_config_from_bridge(config: dict, vocab_size: int) -> RunConfig:
+    """The RunConfig of a Megatron-Bridge ConfigContainer (`cfg.to_dict()`, or its run_config.yaml): the one
+    translation from Bridge's config to megadoc's, for the launcher and for checkpoints Bridge wrote alone. The
+    model's name is the MODELS entry of the same dimensions (else 'custom'); no plan (it needs the data)."""
+    model, train, opt = config["model"], config["train"], config["optimizer"]
+    dims = {key: model[key] for key in ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads")}
+    dims["num_query_groups"] = model.get("num_query_groups") or model["num_attention_heads"]
+    known = next((m for m in MODELS.values() if all(getattr(m, k) == v for k, v in dims.items())), None)
+    shape = ModelRecipe(name=known.name if known else "custom", run_prefix=known.run_prefix if known else "custom",
+                        seq_length=model["seq_length"], **dims)
+    tokenizer = config.get("tokenizer") or {}
+    spec = TokenizerSpec(str(tokenizer["tokenizer_model"]), tokenizer.get("tokenizer_type")) \
+        if tokenizer.get("tokenizer_model") else None
+    recipe = TrainingRecipe(
+        model=shape,
+        optimizer=OptimizerRecipe(lr=opt["lr"], weight_decay=opt["weight_decay"], adam_beta1=opt["adam_beta1"],
+                                  adam_beta2=opt["adam_beta2"], adam_eps=opt["adam_eps"], clip_grad=opt["clip_grad"],
+                                  min_lr=opt.get("min_lr") or 0.0),
+        parallel=ParallelRecipe(model["tensor_model_parallel_size"], model["pipeline_model_parallel_size"]),
+        global_batch_size=train["global_batch_size"], micro_batch_size=train["micro_batch_size"],
+        bf16=bool(model.get("bf16")) or str(config.get("mixed_precision") or "").startswith("bf16"),
+        vocab_size=vocab_size, tokenizer=spec)
+    dataset = config.get("dataset") or {}
+    blend = {k: v for k, v in dataset["blend"].items() if k != "_target_"} if "blend" in dataset else None
+    return RunConfig(recipe=recipe, train_iters=train["train_iters"], seed=config["rng"]["seed"], blend=blend,
+                     backend="bridge")
+
+
+def check_resumable(load_dir: str | None, recipe: TrainingRecipe) -> None:
+    """Refuse, in one line, to resume from a checkpoint folder whose run trained another model."""
+    if not load_dir or not has_checkpoint(load_dir):
+        return
+    trained = load_run_config(load_dir).recipe.model
+    if replace(trained, name="", run_prefix="") != replace(recipe.model, name="", run_prefix=""):
+        raise MegadocError(f"{load_dir} holds a {trained.name} model (hidden {trained.hidden_size}, "
+                           f"{trained.num_layers} layers, seq {trained.seq_length}); this run trains "
+                           f"{recipe.model.name} (hidden {recipe.model.hidden_size}, {recipe.model.num_layers} "
+                           f"layers, seq {recipe.model.seq_length}): resume it with its own model, or save this run elsewhere")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint's model on this rank, ready for forward passes."""
+
+    model: object
+    """This rank's GPTModel stage, fp32, in eval mode."""
+    run: RunConfig
+    """How the checkpoint's run trained (its model, vocabulary, blend, name)."""
+    recipe: TrainingRecipe
+    """The model as built here: the run's, laid out as this run's TP x PP, padded vocabulary, fp32."""
+    iteration: int
+    """The checkpoint's training iteration."""
+
+
+def inference_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRecipe:
+    """The trained recipe laid out as `parallel`, computing in fp32 (a measurement: no bf16 rounding in the
+    differences between runs), its vocabulary padded exactly as in training (the softmax spans the padding rows,
+    and the checkpoint's embeddings have them)."""
+    padded = padded_vocab_size(recipe.vocab_size, recipe.parallel.tensor_model_parallel_size)
+    if padded_vocab_size(padded, parallel.tensor_model_parallel_size) != padded:
+        raise MegadocError(f"the checkpoint's padded vocabulary ({padded}) does not split over "
+                           f"TP={parallel.tensor_model_parallel_size}")
+    return replace(recipe, vocab_size=padded, parallel=parallel, bf16=False)
+
+
+def load_model(load_dir: str, parallel: ParallelRecipe = ParallelRecipe()) -> LoadedModel:
+    """The latest checkpoint under load_dir (megadoc train's or Megatron-Bridge's) as an fp32 model on this rank,
+    weights only, resharded to `parallel`. The world must be started (runtime.start, with `parallel`)."""
+    from megadoc.training.runtime import build_model, to_device
+
+    checkpoint_path(load_dir)
+    run = load_run_config(load_dir)
+    recipe = inference_recipe(run.recipe, parallel)
+    model = to_device(build_model(recipe))  # fp32: this only moves it onto the GPU (where there is one)
+    iteration = load_weights(model, load_dir)
+    model.eval()
+    return LoadedModel(model, run, recipe, iteration)

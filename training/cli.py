@@ -12,10 +12,9 @@ import torch
 from megadoc.errors import MegadocError
 from megadoc.preprocess.tokenizer import add_tokenizer_arguments, build_tokenizer, spec_from_args
 from megadoc.recipes.models import TrainingRecipe, add_recipe_arguments, recipe_from_args
-from megadoc.recipes.sweep import run_name
-from megadoc.training.checkpoints import RunConfig
+from megadoc.training.checkpoints import RunConfig, check_resumable
 from megadoc.training.loop import LOG_NAME, train
-from megadoc.training.registry import REAL_ONLY, RunRecord, record_run
+from megadoc.training.registry import record_run, run_record
 from megadoc.training.runtime import init_distributed
 from megadoc.training import device_shim
 from megadoc_data.config import add_blend_arguments, blend_from_args
@@ -84,38 +83,16 @@ def build_training_data(args, recipe: TrainingRecipe, tokenizer) -> tuple[object
     return dataset, RunConfig(recipe, plan.train_iters, args.seed, blend=asdict(blend), plan=plan.to_json())
 
 
-def registry_record(args, run: RunConfig) -> RunRecord:
-    """The run's registry row, from the run config (so from the plan actually trained), named by the paper's
-    pattern unless --run-name names it."""
-    from megadoc_data.sources import read_source
-
-    recipe, plan = run.recipe, run.plan
-    if plan is not None:
-        # D, the x axis of the real-only law: the real tokens one pass reads (the paper's 777 x 64 x 4096).
-        real_tokens = plan["base_steps"] * plan["global_batch_size"] * plan["seq_length"]
-        epochs, fraction = plan["real_epochs"], plan["synthetic_fraction"] or None
-    else:
-        real_tokens, epochs, fraction = read_source(run.data_path).tokens, 1.0, None
-    method = args.method or ("synthetic" if fraction else REAL_ONLY)
-    stream = None if fraction is None else f"{method}{args.generations}"
-    name = args.run or run_name(recipe.model.run_prefix, real_tokens, epochs, recipe.optimizer.lr,
-                                recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0)
-    return RunRecord(
-        run=name, method=method, generations=args.generations, real_tokens=real_tokens, real_epochs=epochs,
-        synthetic_fraction=fraction, lr=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay,
-        params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
-        recipe=recipe.model.name, checkpoint=str(Path(args.save).resolve()) if args.save else "")
-
-
 def run(args) -> int:
     recipe, tokenizer = recipe_and_tokenizer(args)
+    check_resumable(args.load, recipe)
     device_shim.activate()
     init_distributed(recipe.parallel)  # the blend's index cache is built once per world (rank 0 first)
     dataset, run_config = build_training_data(args, recipe, tokenizer)
     log_dir = Path(args.log_dir or args.save or ".")
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.registry:
-        record = registry_record(args, run_config)
+        record = run_record(run_config, args.method, args.generations, args.run, args.save)
         run_config = replace(run_config, name=record.run)
         if torch.distributed.get_rank() == 0:
             record_run(args.registry, record)

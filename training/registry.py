@@ -137,5 +137,29 @@ def update_run(path: str | os.PathLike, name: str, **results) -> RunRecord:
     return runs[index]
 
 
+def run_record(run, method: str | None, generations: int, name: str | None, checkpoint: str | None) -> RunRecord:
+    """A run's registry row from its run config (`training.checkpoints.RunConfig`, so from the plan actually
+    trained), for either trainer; named by the paper's pattern (megadoc.recipes.sweep) unless `name` is given."""
+    from megadoc.recipes.sweep import run_name
+    from megadoc_data.sources import read_source
+
+    recipe, plan = run.recipe, run.plan
+    if plan is not None:
+        # D, the x axis of the real-only law: the real tokens one pass reads (the paper's 777 x 64 x 4096).
+        real_tokens = plan["base_steps"] * plan["global_batch_size"] * plan["seq_length"]
+        epochs, fraction = plan["real_epochs"], plan["synthetic_fraction"] or None
+    else:
+        real_tokens, epochs, fraction = read_source(run.data_path).tokens, 1.0, None
+    method = method or ("synthetic" if fraction else REAL_ONLY)
+    stream = None if fraction is None else f"{method}{generations}"
+    name = name or run_name(recipe.model.run_prefix, real_tokens, epochs, recipe.optimizer.lr,
+                            recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0)
+    return RunRecord(
+        run=name, method=method, generations=generations, real_tokens=real_tokens, real_epochs=epochs,
+        synthetic_fraction=fraction, lr=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay,
+        params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
+        recipe=recipe.model.name, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
+
+
 def _read_if_any(path: str | os.PathLike) -> list[RunRecord]:
     return read_registry(path) if Path(path).exists() else []

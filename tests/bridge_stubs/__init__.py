@@ -39,6 +39,10 @@ def activate() -> None:
     """Make `transformer_engine` and `nvidia_resiliency_ext` importable, after Megatron-Core has looked for them."""
     if "transformer_engine" in sys.modules:
         return
+    stubs = str(Path(__file__).resolve().parent)
+    # A spawned child (Megatron's checkpoint writer) inherits the parent's sys.path, stubs included: hide them
+    # until the probes have run.
+    sys.path[:] = [entry for entry in sys.path if entry != stubs]
     for name in _TE_PROBES:
         importlib.import_module(name)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, stubs)
