@@ -14,6 +14,7 @@ tokenize checkpoints, training checkpoints via `--load` = `--save`). Where each 
 mark it done, is `Paths`.
 """
 
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -25,8 +26,11 @@ import yaml
 from megadoc.errors import MegadocError
 from megadoc.files import atomic_write
 from megadoc.preprocess.assemble import GENERATION_OF, METHODS
-from megadoc.preprocess.tokenizer import TokenizerSpec, tokenizer_flags
+from megadoc.preprocess.tokenizer import TIKTOKEN_TYPES, TokenizerSpec, tokenizer_flags
 from megadoc.training.registry import REAL_ONLY
+
+BACKENDS = ("bridge", "core")
+"""Trainers of the train step: Megatron-Bridge's pretrain (NeMo) or megadoc's Megatron-Core loop."""
 
 
 @dataclass
@@ -100,8 +104,21 @@ class TrainStage:
     nproc_per_node: int = 1
     """Processes per node (torchrun); TP x PP x DP must equal nodes x this."""
     save_interval: int | None = None
-    """Checkpoint every N steps (a killed or requeued run resumes there); None: at the end only."""
+    """Checkpoint every N steps (a killed or requeued run resumes there); None: at the end only (core), every
+    train_iters / 20 steps (bridge)."""
     seed: int = 1234
+    # ---- the trainer (issue 15)
+    backend: str | None = None
+    """`bridge`: Megatron-Bridge's pretrain with the megadoc recipe (`megadoc pretrain`, the NeMo path); `core`:
+    megadoc's own Megatron-Core loop (`megadoc train`, the CPU/laptop path). None: bridge when slurm.train asks for
+    GPUs, else core."""
+    context_parallel_size: int = 1
+    """Context parallelism (bridge only)."""
+    sequence_parallel: bool = False
+    """Sequence parallelism with TP > 1 (bridge only)."""
+    bridge_overrides: list[str] = field(default_factory=list)
+    """More `megadoc pretrain` key=value arguments (bridge only): recipe arguments such as wandb_project=megadoc, or
+    ConfigContainer overrides such as model.recompute_granularity=selective."""
 
 
 @dataclass
@@ -122,8 +139,9 @@ class Resources:
     """Nodes of each job (training may span several; the other steps use one)."""
     gpus_per_node: int = 0
     """GPUs per node (0 on CPU clusters)."""
-    cpus_per_task: int = 2
-    """CPUs of each task (one task per node)."""
+    cpus_per_task: int | None = None
+    """CPUs of each task (one task per node, which runs all of the node's ranks); None: 2, and for training and
+    evaluation 3 per rank (train.nproc_per_node): the rank and its two data-loader workers."""
     mem: str | None = None
     """sbatch --mem, e.g. '64G'; None: the partition's default."""
     time: str = "04:00:00"
@@ -197,6 +215,39 @@ class PipelineConfig:
         for key, value in positive.items():
             if value < 1:
                 raise MegadocError(f"{key}: {value} must be >= 1")
+        self._check_trainer()
+
+    def _check_trainer(self) -> None:
+        """The backend and what it can do; each node's one task must have a CPU for each of its ranks."""
+        t = self.train
+        if t.backend not in (None, *BACKENDS):
+            raise MegadocError(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.train_backend == "core" and (t.context_parallel_size != 1 or t.sequence_parallel or
+                                             t.bridge_overrides):
+            raise MegadocError("train.context_parallel_size, sequence_parallel and bridge_overrides need "
+                               "train.backend: bridge")
+        if self.train_backend == "bridge" and (self.tokenizer.type in TIKTOKEN_TYPES or
+                                               self.tokenizer.model.endswith((".tiktoken", ".bpe"))):
+            raise MegadocError("tokenizer: Megatron-Bridge reads HF folders and sentencepiece models, not tiktoken "
+                               "files; give the HF folder of the same vocabulary")
+        for kind in ("train", "eval"):
+            cpus = getattr(self.slurm, kind).cpus_per_task
+            if cpus is not None and cpus < t.nproc_per_node:
+                raise MegadocError(f"slurm.{kind}.cpus_per_task: {cpus} CPUs for the {t.nproc_per_node} ranks "
+                                   f"(train.nproc_per_node) each node runs; give at least {t.nproc_per_node} "
+                                   f"(3 per rank with data-loader workers), or leave it unset")
+
+    @property
+    def train_backend(self) -> str:
+        """The trainer the pipeline runs: train.backend, or bridge when training asks for GPUs, else core."""
+        return self.train.backend or ("bridge" if self.slurm.train.gpus_per_node > 0 else "core")
+
+    def cpus_per_task(self, kind: str) -> int:
+        """slurm.<kind>.cpus_per_task, or its default: 2, or 3 per rank for training and evaluation."""
+        cpus = getattr(self.slurm, kind).cpus_per_task
+        if cpus is not None:
+            return cpus
+        return 3 * self.train.nproc_per_node if kind in ("train", "eval") else 2
 
     @property
     def seq_length(self) -> int:
@@ -347,6 +398,10 @@ class Paths:
     def run(self, name: str) -> Path:
         return self.root / "runs" / name
 
+    def checkpoints(self, name: str, backend: str) -> Path:
+        """A run's checkpoint folder: the run folder (core), or its checkpoints/ (Bridge's layout)."""
+        return self.run(name) / "checkpoints" if backend == "bridge" else self.run(name)
+
     @property
     def registry(self) -> str:
         return str(self.root / "runs.csv")
@@ -402,6 +457,9 @@ def _assemble_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
 
 
 def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
+    """`megadoc train` (core) or `megadoc pretrain` (bridge) of one method, or of the real-only baseline."""
+    if config.train_backend == "bridge":
+        return _pretrain_command(config, paths, method)
     t = config.train
     save = str(paths.run(method))
     command = ["train", "--recipe", t.recipe, "--seq-length", str(config.seq_length),
@@ -425,12 +483,38 @@ def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[st
     return command
 
 
+def _pretrain_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
+    """`megadoc pretrain`: the same run through Megatron-Bridge (registry flags, the recipe, its arguments)."""
+    t = config.train
+    real_only = method == REAL_ONLY
+    wd = t.real_only_weight_decay if real_only and t.real_only_weight_decay is not None else t.weight_decay
+    arguments = {
+        "tokenizer_model": config.tokenizer.model, "tokenizer_type": config.tokenizer.type,
+        "real_path": paths.tokens("train"), "valid_paths": json.dumps([paths.tokens("valid_iid")]),
+        "real_epochs": f"{t.real_only_epochs if real_only else t.real_epochs:g}",
+        "synthetic_paths": None if real_only else json.dumps([paths.tokens(method)]),
+        "synthetic_fraction": None if real_only else f"{t.synthetic_fraction:g}",
+        "lr": t.lr, "weight_decay": wd, "global_batch_size": t.global_batch_size,
+        "micro_batch_size": t.micro_batch_size, "seq_length": config.seq_length, "base_steps": t.base_steps,
+        "tensor_model_parallel_size": t.tensor_model_parallel_size,
+        "pipeline_model_parallel_size": t.pipeline_model_parallel_size,
+        "context_parallel_size": t.context_parallel_size, "sequence_parallel": str(t.sequence_parallel).lower(),
+        "save_interval": t.save_interval, "seed": t.seed, "output_dir": str(paths.run(method)),
+    }
+    registry = ["--registry", paths.registry, "--method", method]
+    if not real_only:
+        registry += ["--generations", str(config.generate.generations(GENERATION_OF[method]))]
+    return ["pretrain", *registry, t.recipe, *(f"{key}={value}" for key, value in arguments.items()
+                                               if value is not None), *t.bridge_overrides]
+
+
 def _train_eval_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     steps = []
     for method in [REAL_ONLY, *config.methods]:
         after = ("tokenize",) if method == REAL_ONLY else ("tokenize", f"assemble-{method}")
         steps.append(Step(f"train-{method}", [_train_command(config, paths, method)], "train", after=after))
-        evaluate = ["eval", "--load", str(paths.run(method)), "--valid-path", paths.tokens("valid_iid"),
+        checkpoints = paths.checkpoints(method, config.train_backend)
+        evaluate = ["eval", "--load", str(checkpoints), "--valid-path", paths.tokens("valid_iid"),
                     "--long-valid-path", paths.tokens("valid_long"),
                     "--output-dir", str(paths.run(method) / "eval"),
                     "--micro-batch-size", str(config.eval.micro_batch_size),

@@ -57,7 +57,7 @@ def executor(config: PipelineConfig, step: Step, dependencies: list[str]):
     res = getattr(slurm, step.resources)
     return run.SlurmExecutor(
         account=slurm.account, partition=slurm.partition, qos=slurm.qos, time=res.time, nodes=res.nodes,
-        ntasks_per_node=1, torchrun_nproc_per_node=config.train.nproc_per_node, cpus_per_task=res.cpus_per_task,
+        ntasks_per_node=1, torchrun_nproc_per_node=config.train.nproc_per_node, cpus_per_task=config.cpus_per_task(step.resources),
         gpus_per_node=res.gpus_per_node or None, mem=res.mem, container_image=res.container_image,
         container_mounts=list(res.container_mounts), additional_parameters=_extra_parameters(slurm.extra_sbatch),
         job_name_prefix=f"{config.name}-", setup_lines=setup_lines(config, step), launcher="torchrun",

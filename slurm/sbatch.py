@@ -48,10 +48,12 @@ def array_spec(tasks: tuple[int, ...]) -> str:
 
 
 def _wrap(words: list[str], indent: str = "    ") -> str:
-    """Shell words on lines of at most WIDTH characters, broken before a flag (`--x value` stays together)."""
+    """Shell words on lines of at most WIDTH characters, broken before a flag (`--x value` stays together) or a
+    `key=value` argument (`megadoc pretrain`'s)."""
     groups: list[list[str]] = []
     for word in words:
-        if not groups or word.startswith("-"):
+        lone_flag = groups and len(groups[-1]) == 1 and groups[-1][0].startswith("-")
+        if not groups or word.startswith("-") or ("=" in word and not lone_flag):
             groups.append([word])
         else:
             groups[-1].append(word)
@@ -93,7 +95,7 @@ def sbatch_options(config: PipelineConfig, step: Step, tasks: tuple[int, ...]) -
     options += [_option(key, value) for key, value in
                 (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos)) if value]
     options += [_option("time", res.time), f"--nodes={res.nodes if step.distributed else 1}", "--ntasks-per-node=1",
-                f"--cpus-per-task={res.cpus_per_task}"]
+                f"--cpus-per-task={config.cpus_per_task(step.resources)}"]
     if res.mem:
         options.append(_option("mem", res.mem))
     if res.gpus_per_node > 0:

@@ -72,3 +72,59 @@ def test_overrides_and_relative_paths(tmp_path):
 def test_bad_values_fail_in_one_line(tmp_path, change, words):
     with pytest.raises(MegadocError, match=words.replace("(", r"\(").replace(")", r"\)")):
         load_pipeline(_write(tmp_path, {**FULL, **change}))
+
+
+def test_bridge_backend_launches_the_megadoc_recipe_through_pretrain(tmp_path):
+    """train.backend: bridge turns each train step into `megadoc pretrain <recipe> key=value ...`: the recipe
+    function's arguments (typed as it annotates them) carry the same run as `megadoc train`'s flags, and evaluation
+    reads Bridge's checkpoint folder. A pipeline with GPUs for training defaults to it, one without to core."""
+    import inspect
+
+    from megadoc.recipes.bridge import pretrain_config
+    from megadoc.training.bridge import model_name, recipe_arguments
+
+    path = _write(tmp_path, {**FULL, "train": {**FULL["train"], "backend": "bridge",
+                                               "bridge_overrides": ["wandb_project=megadoc", "model.seq_length=512"]}})
+    config = load_pipeline(path)
+    work = tmp_path / "work"
+    commands = {step.name: step.commands[0] for step in steps(config)}
+    for method in ("real", "simple", "stitched", "stretched"):
+        args = build_parser("pretrain").parse_args(commands[f"train-{method}"][1:])
+        kwargs, overrides = recipe_arguments(args.overrides)
+        inspect.signature(pretrain_config).bind(model_name(args.recipe), **kwargs)  # every argument is the recipe's
+        assert (args.recipe, args.registry, args.method) == ("300m", str(work / "runs.csv"), method)
+        assert (kwargs["tokenizer_model"], kwargs["tokenizer_type"], kwargs["real_path"], kwargs["valid_paths"]) == \
+            ("tok/llama3", "HuggingFaceTokenizer", str(work / "tokens" / "train"), [str(work / "tokens" / "valid_iid")])
+        assert (kwargs["base_steps"], kwargs["save_interval"], kwargs["tensor_model_parallel_size"], kwargs["lr"]) == \
+            (7, 5, 2, 3e-3)
+        assert kwargs["output_dir"] == str(work / "runs" / method) and kwargs["wandb_project"] == "megadoc"
+        assert overrides == ["model.seq_length=512"]
+        evaluate = build_parser("eval").parse_args(commands[f"eval-{method}"][1:])
+        assert evaluate.load == str(work / "runs" / method / "checkpoints")
+        if method == "real":
+            assert (kwargs["real_epochs"], kwargs["weight_decay"], args.generations) == (16, 1.6, 0)
+            assert "synthetic_paths" not in kwargs and "synthetic_fraction" not in kwargs
+        else:
+            assert (kwargs["real_epochs"], kwargs["synthetic_fraction"], kwargs["weight_decay"]) == (8, 0.75, 0.8)
+            assert kwargs["synthetic_paths"] == [str(work / "tokens" / method)] and args.generations in (8, 4)
+
+    gpus = {"slurm": {"train": {"gpus_per_node": 8, "cpus_per_task": 16}}}
+    assert load_pipeline(_write(tmp_path, {**FULL, **gpus})).train_backend == "bridge"
+    assert load_pipeline(_write(tmp_path, FULL)).train_backend == "core"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"train": {"backend": "nemo"}}, "train.backend: 'nemo' is not one of bridge, core"),
+    ({"train": {"context_parallel_size": 2}}, "need train.backend: bridge"),
+    ({"train": {"backend": "bridge"}, "tokenizer": {"model": "llama3.tiktoken"}}, "not tiktoken files"),
+    ({"train": {"nproc_per_node": 8}, "slurm": {"train": {"cpus_per_task": 2}}},
+     "slurm.train.cpus_per_task: 2 CPUs for the 8 ranks"),
+])
+def test_trainer_settings_fail_in_one_line(tmp_path, change, words):
+    with pytest.raises(MegadocError, match=words):
+        load_pipeline(_write(tmp_path, {**FULL, **change}))
+
+
+def test_cpus_per_task_default_to_three_per_rank(tmp_path):
+    config = load_pipeline(_write(tmp_path, {**FULL, "train": {**FULL["train"], "nproc_per_node": 8}}))
+    assert [config.cpus_per_task(kind) for kind in ("cpu", "generate", "train", "eval")] == [2, 2, 24, 24]

@@ -12,6 +12,7 @@ The cluster tests need root (the daemons) and apt (the packages); they skip, say
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,11 +49,19 @@ def every_kind(**resources) -> dict:
 NODE = {"time": "01:30:00", "mem": "64G", "cpus_per_task": 8, "container_image": "nvcr.io/nvidia/nemo:25.09",
         "container_mounts": ["/lustre:/lustre", "/data:/data:ro"],
         "setup": ["source /opt/megadoc/.venv/bin/activate", "export HF_HUB_OFFLINE=1"]}
+VLLM = {**NODE, "container_image": "vllm/vllm-openai:v0.11.0", "python": "python3",
+        "setup": ["source /opt/megadoc/.venv-vllm/bin/activate", "export HF_HUB_OFFLINE=1"]}
+NEMO = {**NODE, "python": "/usr/bin/python3", "cpus_per_task": None, "gpus_per_node": 8, "nodes": 2}
+"""On clusters vLLM and NeMo live in different containers: generation in vLLM's, training and evaluation in NeMo's
+(with CPUs left to their default, 3 per rank)."""
 CLUSTER_RESOURCES = {
     "partition": "gpu", "account": "proj-llm", "qos": "high", "extra_sbatch": ["--exclusive"], "cpu": NODE,
-    "generate": {**NODE, "gpus_per_node": 8}, "train": {**NODE, "gpus_per_node": 8, "nodes": 2},
-    "eval": {**NODE, "gpus_per_node": 8, "nodes": 2},
+    "generate": {**VLLM, "gpus_per_node": 8}, "train": NEMO, "eval": NEMO,
 }
+
+
+TRAIN = {"recipe": "tiny", "global_batch_size": 8, "base_steps": 2, "real_epochs": 1, "real_only_epochs": 1,
+         "synthetic_fraction": 0.5}
 
 
 def write_pipeline(folder: Path, slurm: dict, **overrides) -> Path:
@@ -65,8 +74,7 @@ def write_pipeline(folder: Path, slurm: dict, **overrides) -> Path:
         "split": {"iid_docs": 2, "long_docs": 2},
         "generate": {"rephrases": 2, "rationales": None, "rephrase_max_tokens": 16, "num_shards": 2,
                      "chunk_docs": 1, "engine_args": ["--max-model-len", "2048"]},
-        "train": {"recipe": "tiny", "global_batch_size": 8, "base_steps": 2, "real_epochs": 1, "real_only_epochs": 1,
-                  "synthetic_fraction": 0.5},
+        "train": TRAIN,
         "eval": {"micro_batch_size": 4, "bucket_size": 16},
         "slurm": slurm,
     }
@@ -85,7 +93,7 @@ def sbatch_options(script: str) -> list[str]:
 
 
 def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
-    path = write_pipeline(tmp_path, CLUSTER_RESOURCES, train={"recipe": "tiny", "nproc_per_node": 4})
+    path = write_pipeline(tmp_path, CLUSTER_RESOURCES, train={**TRAIN, "nproc_per_node": 8})
     assert cli_main(["submit", str(path), "--dry-run"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     config = load_pipeline(path)
@@ -101,36 +109,59 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
     assert not (tmp_path / "work" / "slurm" / "jobs.json").exists()  # nothing submitted
 
     for name, script in scripts.items():
+        kind = name.split("-")[0] if name.startswith(("generate", "train", "eval")) else "cpu"
+        res = CLUSTER_RESOURCES[kind]
         options = sbatch_options(script)
+        cpus = 3 * 8 if kind in ("train", "eval") else 8  # unset for training and evaluation: 3 per rank
         for expected in ("--partition=gpu", "--account=proj-llm", "--qos=high", "--time=01:30:00", "--mem=64G",
-                         "--cpus-per-task=8", "--requeue", "--exclusive", f"--job-name={NAME}-{name}"):
+                         f"--cpus-per-task={cpus}", "--requeue", "--exclusive", f"--job-name={NAME}-{name}"):
             assert expected in options, (name, expected)
-        gpus = name.split("-")[0] in ("generate", "train", "eval")
-        assert ("--gpus-per-node=8" in options) == gpus, name
-        nodes = 2 if name.startswith(("train-", "eval-")) else 1
+        assert ("--gpus-per-node=8" in options) == (kind != "cpu"), name
+        nodes = 2 if kind in ("train", "eval") else 1
         assert f"--nodes={nodes}" in options and "--ntasks-per-node=1" in options, name
         body = script.split("\nset -eo pipefail")[1]
-        assert body.index("source /opt/megadoc/.venv/bin/activate") < body.index("-m megadoc")  # setup first
-        assert "--container-image=nvcr.io/nvidia/nemo:25.09 \\\n    --container-mounts=/lustre:/lustre,/data:/data:ro" \
-               in script or "--container-image=nvcr.io/nvidia/nemo:25.09 --container-mounts=/lustre:/lustre,/data:/data:ro" \
-               in script.replace(" \\\n    ", " "), name
+        assert body.index(res["setup"][0]) < body.index("-m megadoc")  # each kind's own environment, set up first
+        flat = script.replace(" \\\n    ", " ")
+        assert f"--container-image={res['container_image']} --container-mounts=/lustre:/lustre,/data:/data:ro" \
+               in flat, name
+        assert f"{res.get('python', 'python')} -m " in flat, name
         assert f"/work/.done/{name}" in script, name
 
     generate = scripts["generate-rephrase"]
     assert "--array=0-1" in sbatch_options(generate)
     assert "--output=" + str(tmp_path / "work" / "slurm" / "logs") + "/%x-%A_%a.out" in sbatch_options(generate)
     flat = generate.replace(" \\\n    ", " ")
-    assert "python -m megadoc generate rephrase" in flat and "--num-shards 2" in flat
+    assert "python3 -m megadoc generate rephrase" in flat and "--num-shards 2" in flat
     assert '--shard-index "$SLURM_ARRAY_TASK_ID"' in flat
     assert 'for task in $(seq 0 1); do [ -e' in generate  # the last task marks the step
 
-    train = scripts["train-real"].replace(" \\\n    ", " ")
+    # GPUs for training: Megatron-Bridge's pretrain with the megadoc recipe, on every node under torchrun.
+    work = tmp_path / "work"
+    train = scripts["train-stitched"].replace(" \\\n    ", " ")
     assert 'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in train
     assert "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 --container-image=" in train
-    assert ("python -m torch.distributed.run --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d "
-            '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" -m megadoc train --recipe tiny'
-            in train)
+    assert ("/usr/bin/python3 -m torch.distributed.run --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d "
+            '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" -m megadoc pretrain '
+            f"--registry {work}/runs.csv --method stitched --generations 2 tiny tokenizer_model=smollm2 "
+            f"real_path={work}/tokens/train " in train)
+    (launch,) = [line for line in train.splitlines() if "-m megadoc pretrain" in line]
+    arguments = shlex.split(launch)[shlex.split(launch).index("tiny") + 1:]
+    for argument in (f'synthetic_paths=["{work}/tokens/stitched"]', f'valid_paths=["{work}/tokens/valid_iid"]',
+                     "real_epochs=1", "synthetic_fraction=0.5", "base_steps=2", "global_batch_size=8",
+                     f"output_dir={work}/runs/stitched"):
+        assert argument in arguments, argument
+    step = scripts["train-stitched"].split("# --- the step")[1].split("# --- success")[0]
+    assert all(len(line) <= 110 for line in step.splitlines()), step  # one key=value per line where they are long
     assert "--array" not in train
+    evaluate = scripts["eval-stitched"].replace(" \\\n    ", " ")
+    assert f"-m megadoc eval --load {work}/runs/stitched/checkpoints " in evaluate  # Bridge's checkpoint folder
+
+    # The same pipeline with the Megatron-Core loop instead.
+    assert cli_main(["submit", str(path), "train.backend=core", "--dry-run", "--only", "train-real", "eval-real"]) == 0
+    train = (tmp_path / "work" / "slurm" / "scripts" / "05-train-real.sbatch").read_text().replace(" \\\n    ", " ")
+    assert "--nproc-per-node=8 --rdzv-backend=c10d" in train and "-m megadoc train --recipe tiny" in train
+    evaluate = (tmp_path / "work" / "slurm" / "scripts" / "06-eval-real.sbatch").read_text()
+    assert f"-m megadoc eval --load {work}/runs/real " in evaluate.replace(" \\\n    ", " ")
 
 
 def test_dry_run_without_gpus_or_container(tmp_path, capsys):
@@ -351,7 +382,7 @@ def _venv312():
 
 def test_nemo_run_sbatch_holds_the_resources(tmp_path):
     python = _venv312()
-    path = write_pipeline(tmp_path, CLUSTER_RESOURCES, train={"recipe": "tiny", "nproc_per_node": 4})
+    path = write_pipeline(tmp_path, CLUSTER_RESOURCES, train={**TRAIN, "nproc_per_node": 4})
     result = subprocess.run([python, "-m", "megadoc", "submit", str(path), "--dry-run", "--executor", "nemo-run",
                              "--only", "tokenize", "train-real"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -360,7 +391,7 @@ def test_nemo_run_sbatch_holds_the_resources(tmp_path):
     script = sbatch.read_text()
     options = sbatch_options(script)
     for expected in ("--account=proj-llm", "--partition=gpu", "--qos=high", "--time=01:30:00", "--mem=64G",
-                     "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=8", "--exclusive",
+                     "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=12", "--exclusive",
                      f"--job-name={NAME}-train-real", "--dependency='afterok:<tokenize>'"):
         assert expected in options, expected
     assert "source /opt/megadoc/.venv/bin/activate\nexport HF_HUB_OFFLINE=1\n" in script
@@ -368,8 +399,9 @@ def test_nemo_run_sbatch_holds_the_resources(tmp_path):
     (srun,) = [line for line in script.splitlines() if line.startswith("srun ") and "torchrun" in line]
     assert "--container-image nvcr.io/nvidia/nemo:25.09 --container-mounts /lustre:/lustre,/data:/data:ro," in srun
     assert "torchrun --rdzv-backend c10d --rdzv-endpoint $head_node_ip:29500" in srun
-    assert "--nnodes 2 --nproc-per-node 4" in srun and " -m megadoc train --recipe tiny " in srun
-    assert f"--save {tmp_path}/work/runs/real" in srun
+    # GPUs for training: Megatron-Bridge's pretrain with the megadoc recipe (megadoc pretrain), as with sbatch.
+    assert "--nnodes 2 --nproc-per-node 4" in srun and " -m megadoc pretrain --registry " in srun
+    assert " --method real tiny tokenizer_model=smollm2 " in srun and f" output_dir={tmp_path}/work/runs/real" in srun
     # The other steps of the same submission stay plain sbatch scripts.
     assert (tmp_path / "work" / "slurm" / "scripts" / "02-tokenize.sbatch").exists()
     assert not (tmp_path / "work" / "slurm" / "scripts" / "05-train-real.sbatch").exists()

@@ -21,6 +21,8 @@ import inspect
 import json
 import sys
 import time
+import types
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,20 +58,37 @@ def model_name(recipe: str) -> str:
 
 
 def _value(key: str, text: str, kind):
-    """A recipe argument's text as its annotated type: strings stay as written, the rest is read as YAML."""
-    if kind is str or kind == str | None:
-        return text
-    value = yaml.safe_load(text)
-    if kind == list[str] or kind == list[str] | None:
-        if not isinstance(value, list):
-            raise MegadocError(f"{key}: expected a list, e.g. {key}=[a,b], got {text!r}")
-        return [str(item) for item in value]
-    return value
+    """A recipe argument's text as the type its annotation names: `null` for None where allowed, strings as
+    written, numbers as numbers (1e-3 too, which YAML 1.1 reads as a string), lists and booleans as YAML."""
+    options = [k for k in typing.get_args(kind) if k is not type(None)] if typing.get_origin(kind) is types.UnionType \
+        else [kind]
+    if text in ("null", "None") and len(options) < len(typing.get_args(kind) or [kind]):
+        return None
+    (base,) = options
+    try:
+        if base in (int, float):
+            return base(text)
+        if base is bool:
+            value = yaml.safe_load(text)
+            if not isinstance(value, bool):
+                raise ValueError(text)
+            return value
+        if typing.get_origin(base) is list:
+            value = yaml.safe_load(text)
+            if not isinstance(value, list):
+                raise ValueError(text)
+            (item_type,) = typing.get_args(base)
+            return [item_type(item) for item in value]
+    except (ValueError, yaml.YAMLError):
+        raise MegadocError(f"{key}={text}: expected {getattr(base, '__name__', base)}"
+                           f"{', e.g. ' + key + '=[a,b]' if typing.get_origin(base) is list else ''}") from None
+    return text
 
 
-def build_config(recipe: str, assignments: list[str]):
-    """The ConfigContainer of a recipe, its arguments and overrides applied (`key=value` strings)."""
-    from megadoc.recipes.bridge import apply_overrides, pretrain_config
+def recipe_arguments(assignments: list[str]) -> tuple[dict, list[str]]:
+    """`key=value` strings split into the recipe function's keyword arguments (typed as it annotates them) and
+    ConfigContainer overrides (everything else, left to Bridge)."""
+    from megadoc.recipes.bridge import pretrain_config
 
     parameters = inspect.signature(pretrain_config).parameters
     kwargs, overrides = {}, []
@@ -81,6 +100,14 @@ def build_config(recipe: str, assignments: list[str]):
             kwargs[key] = _value(key, text, parameters[key].annotation)
         else:
             overrides.append(assignment)
+    return kwargs, overrides
+
+
+def build_config(recipe: str, assignments: list[str]):
+    """The ConfigContainer of a recipe, its arguments and overrides applied (`key=value` strings)."""
+    from megadoc.recipes.bridge import apply_overrides, pretrain_config
+
+    kwargs, overrides = recipe_arguments(assignments)
     try:
         cfg = pretrain_config(model_name(recipe), **kwargs)
     except TypeError as error:
