@@ -42,8 +42,9 @@ install_main() {
   echo "install.sh: installed into .venv"
 }
 
-# .venv312: Megatron-Bridge 0.6.2 needs Python 3.12 and megatron-core 0.19 (.venv has 3.11 and 0.16.1). Bridge goes
-# in --no-deps, last, after its real runtime dependencies (constraints-bridge.txt says why); its own stamp.
+# .venv312: Megatron-Bridge 0.6.2 needs Python 3.12 and megatron-core 0.19 (.venv has 3.11 and 0.16.1), standing in
+# for a NeMo container. Bridge goes in --no-deps after its real runtime dependencies (constraints-bridge.txt says
+# why), then megadoc with `pip install -e ".[nemo]"`, as inside a container; its own stamp.
 install_bridge() {
   local stamp=".venv312/.megadoc-install-$(cat pyproject.toml constraints-bridge.txt install.sh | sha1sum | cut -c1-12)"
   if [ -f "$stamp" ]; then
@@ -61,9 +62,11 @@ install_bridge() {
   local pip=(.venv312/bin/pip install --quiet --disable-pip-version-check -c constraints-bridge.txt)
   "${pip[@]}" torch numpy  # PyPI's CUDA build (with its CUDA libraries, ~5 GB); runs on the CPU
   "${pip[@]}" megatron-core transformers hydra-core omegaconf pyyaml tqdm rich einops regex six datasets \
-    nvidia-modelopt megatron-energon tensorboard nemo-run leptonai pytest -e .
+    nvidia-modelopt megatron-energon tensorboard nemo-run leptonai pytest
   "${pip[@]}" --only-binary=:all: diffusers
   "${pip[@]}" --no-deps megatron-bridge
+  # megadoc goes in last, as into a NeMo container: the [nemo] extra names none of the stack above.
+  "${pip[@]}" -e ".[nemo]"
   rm -f .venv312/.megadoc-install-*
   touch "$stamp"
   echo "install.sh: installed .venv312"

@@ -1,17 +1,16 @@
 """The Megatron-Bridge recipes on the real Megatron-Bridge 0.6.2 (run in .venv312 by tests/test_bridge.py).
 
 The 300M recipe has the paper's dimensions (parameter count checked on a real Megatron-Core GPTModel built by
-Bridge's provider, on the meta device), optimizer and schedule; configs round-trip through YAML and take Hydra-style
-overrides that keep the megadoc plan and the trainer in step; and Bridge's own `pretrain` trains the tiny recipe on
-the CPU at TP=2 through the megadoc DatasetProvider on a real tokenized blend, building exactly the planned counts.
+Bridge's provider, on the meta device), optimizer, schedule and production settings (Transformer Engine layers and
+fused attention where TE is installed, distributed optimizer, bf16, the paper's evaluation cadence); configs
+round-trip through YAML and take Hydra-style overrides that keep the megadoc plan and the trainer in step; the
+Megatron-LM entry point of the data plugin reads Megatron-LM's real arguments. Training, evaluation and export
+through Bridge are test_bridge_training.py's.
 """
 
-import json
 import math
-from dataclasses import replace
-import subprocess
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import numpy
 import pytest
@@ -24,7 +23,6 @@ from megadoc_data.plan import plan_from_data
 from megadoc.recipes.bridge import apply_overrides, megadoc_300m_pretrain_config, pretrain_config
 from megadoc.recipes.models import MODELS
 
-BIN = Path(sys.executable).parent
 PAPER_300M = 299_649_792
 
 
@@ -73,6 +71,9 @@ def test_300m_recipe_is_the_papers_model_and_optimizer(llama3_hf, model_parallel
     assert model.position_embedding_type == "rope" and model.rotary_base == 10_000
     assert not model.share_embeddings_and_output_weights and not model.add_bias_linear and not model.add_qkv_bias
     assert cfg.mixed_precision == "bf16_mixed" and cfg.optimizer.bf16
+    assert cfg.optimizer.use_distributed_optimizer and cfg.ddp.use_distributed_optimizer
+    assert cfg.ddp.overlap_grad_reduce and cfg.ddp.overlap_param_gather
+    assert cfg.logger.tensorboard_dir.endswith("tb_logs") and cfg.logger.wandb_project is None
 
     train_iters = 248_640  # floor(777 x 32 / (1 - 0.9))
     assert (cfg.train.train_iters, cfg.train.global_batch_size, cfg.train.micro_batch_size) == (train_iters, 64, 1)
@@ -84,6 +85,10 @@ def test_300m_recipe_is_the_papers_model_and_optimizer(llama3_hf, model_parallel
     assert sched.lr_warmup_iters == math.ceil(0.01 * train_iters) == 2487 and sched.lr_warmup_init == 0.0
     # Megatron's scheduler sets the weight decay each step: it must hold the optimizer's value.
     assert (sched.start_weight_decay, sched.end_weight_decay, sched.weight_decay_incr_style) == (0.4, 0.4, "constant")
+    # The paper evaluates every train_iters / 20 steps; a checkpoint as often by default.
+    assert cfg.validation.eval_interval is None  # no validation set given
+    assert cfg.checkpoint.save_interval == 12_432 == train_iters // 20
+    assert cfg.checkpoint.save.endswith("checkpoints") and cfg.checkpoint.load == cfg.checkpoint.save
 
     from megatron.bridge.data.base import DatasetProvider
     from megatron.bridge.data.utils import get_dataset_provider
@@ -95,6 +100,33 @@ def test_300m_recipe_is_the_papers_model_and_optimizer(llama3_hf, model_parallel
         (32, 0.9, 4096, 64)
 
     assert parameter_count(cfg) == PAPER_300M == MODELS["300m"].parameter_count()
+
+
+def test_production_settings_follow_transformer_engine(llama3_hf, monkeypatch):
+    """TE's layers, cuDNN fused attention and TE's fused cross-entropy where Transformer Engine is installed (as on
+    a NeMo container); Megatron-Core's local layers where it is not (here). Parallel sizes, sequence parallelism,
+    checkpoint interval and W&B are parameters."""
+    from megatron.bridge.models.gpt_provider import local_layer_spec, transformer_engine_layer_spec
+    from megatron.core.transformer.enums import AttnBackend
+
+    import megadoc.recipes.bridge as recipes
+
+    here = paper_300m(llama3_hf)
+    assert not recipes.has_transformer_engine()  # tests/bridge_stubs: TE cannot run on a CPU
+    assert (here.model.transformer_layer_spec, here.model.attention_backend) == (local_layer_spec, AttnBackend.local)
+    monkeypatch.setattr(recipes, "has_transformer_engine", lambda: True)
+    cfg = paper_300m(llama3_hf, tensor_model_parallel_size=4, pipeline_model_parallel_size=2,
+                     context_parallel_size=2, sequence_parallel=True, save_interval=500, wandb_project="megadoc",
+                     output_dir="/runs/x")
+    model = cfg.model
+    assert (model.transformer_layer_spec, model.transformer_impl, model.attention_backend) == \
+        (transformer_engine_layer_spec, "transformer_engine", AttnBackend.fused)
+    assert model.cross_entropy_loss_fusion and model.cross_entropy_fusion_impl == "te" and model.bias_activation_fusion
+    assert (model.tensor_model_parallel_size, model.pipeline_model_parallel_size, model.context_parallel_size,
+            model.sequence_parallel) == (4, 2, 2, True)
+    assert cfg.checkpoint.save_interval == 500 and cfg.checkpoint.save == "/runs/x/checkpoints"
+    assert (cfg.logger.wandb_project, cfg.logger.wandb_save_dir, cfg.logger.tensorboard_dir) == \
+        ("megadoc", "/runs/x/wandb", "/runs/x/tb_logs")
 
 
 @pytest.mark.parametrize("name", ["150m", "600m", "1.5b", "tiny"])
@@ -116,7 +148,7 @@ def test_yaml_round_trip(llama3_hf, tmp_path):
     assert isinstance(loaded.dataset, MegadocDatasetProvider) and isinstance(loaded.dataset.blend, MegadocBlendConfig)
     assert loaded.dataset.blend == cfg.dataset.blend and loaded.dataset.blend.valid_prefixes == ["data/valid"]
     assert loaded.model.activation_func is F.silu and loaded.model.tensor_model_parallel_size == 2
-    assert loaded.train.train_iters == 248_640 and loaded.validation.eval_interval == 248_640
+    assert loaded.train.train_iters == 248_640 and loaded.validation.eval_interval == 12_432
 
 
 def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
@@ -128,6 +160,9 @@ def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
             cfg.model.context_parallel_size) == (2, 4, 2)
     assert cfg.train.train_iters == 24_864  # floor(777 x 8 / (1 - 0.75))
     assert cfg.scheduler.lr_warmup_iters == 249 and cfg.scheduler.lr_decay_iters == 24_864
+    assert cfg.checkpoint.save_interval == 1243  # the derived interval follows the plan
+    kept = apply_overrides(paper_300m(llama3_hf, save_interval=100), ["dataset.blend.real_epochs=8"])
+    assert kept.checkpoint.save_interval == 100  # one the user chose stays
     assert cfg.dataset.blend.global_batch_size == 128 and cfg.dataset.blend.real_epochs == 8
     assert cfg.optimizer.lr == 0.003 and cfg.optimizer.weight_decay == 0.4
 
@@ -135,54 +170,6 @@ def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
         apply_overrides(paper_300m(llama3_hf), ["train.train_iters=10"])
     with pytest.raises(MegadocError, match="synthetic_fraction"):
         apply_overrides(paper_300m(llama3_hf), ["dataset.blend.synthetic_fraction=1.5"])
-
-
-@pytest.fixture(scope="module")
-def blend_data(tmp_path_factory, dclm_sample, llama3_hf) -> dict:
-    """A real stream (100 DCLM documents) and a synthetic stream in the megadoc `parts` format (each record two
-    other DCLM documents: no LLM runs here, what matters is a second stream written as megadocs), tokenized with
-    `megadoc tokenize` and the Llama 3 tokenizer."""
-    folder = tmp_path_factory.mktemp("blend")
-    docs = [json.loads(line) for line in dclm_sample.read_text().splitlines()]
-    corpora = {"real": [{"id": d["id"], "text": d["text"]} for d in docs[:100]],
-               "syn": [{"id": f"m{i}", "parts": [docs[i]["text"], docs[i + 1]["text"]]} for i in range(100, 200, 2)]}
-    for name, records in corpora.items():
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        subprocess.run([str(BIN / "megadoc"), "tokenize", "--input", str(folder / f"{name}.jsonl"), "--output-prefix",
-                        str(folder / name), "--tokenizer-model", str(llama3_hf), "--append-eod", "--no-progress"],
-                       check=True, capture_output=True, timeout=120)
-    return {"real": str(folder / "real"), "syn": str(folder / "syn"), "folder": folder}
-
-
-def test_bridge_pretrain_runs_on_cpu(blend_data, llama3_hf):
-    """Bridge's `pretrain` + `gpt_step.forward_step`, tiny recipe, TP=2 over 2 gloo ranks, 8 steps: E=1, r=0.5,
-    4 base steps of 8 x 64 tokens."""
-    out = blend_data["folder"] / "run"
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
-               str(Path(__file__).with_name("pretrain_cpu.py")), "--out", str(out), "--tokenizer-model",
-               str(llama3_hf), "--real-path", blend_data["real"], "--synthetic-path", blend_data["syn"],
-               "--real-epochs", "1", "--synthetic-fraction", "0.5", "--base-steps", "4", "--global-batch-size", "8",
-               "--micro-batch-size", "2", "--lr", "0.01", "model.tensor_model_parallel_size=2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=420)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-    plan = plan_from_data(MegadocBlendConfig(real_prefix=blend_data["real"], synthetic_prefixes=[blend_data["syn"]],
-                                             real_epochs=1, synthetic_fraction=0.5, seq_length=64,
-                                             global_batch_size=8, base_steps=4))
-    built = json.loads((out / "datasets.json").read_text())
-    assert plan.train_iters == 8 and built["train_samples"] == built["len"] == plan.total_sequences == 64
-    assert built["stream_counts"] == [plan.real.sequences, plan.synthetic[0].sequences] == [32, 32]
-    assert built["tokenizer_vocab_size"] == 128_256
-
-    ranks = [[json.loads(line) for line in (out / f"steps-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
-    assert ranks[0] == ranks[1]  # both tensor-parallel ranks report the same reduced loss
-    steps = ranks[0]
-    assert [s["consumed_samples"] for s in steps] == [8 * i for i in range(8)]  # read before each step counts
-    losses = [s["loss"] for s in steps]
-    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5, losses
-    lrs = [s["lr"] for s in steps]
-    assert max(lrs) == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine to zero
-    assert all(math.isfinite(s["grad_norm"]) for s in steps)
 
 
 def test_megatron_lm_provider_reads_real_megatron_lm_arguments(blend_data, llama3_hf):
