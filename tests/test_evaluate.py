@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megadoc.errors import MegadocError
+
 
 BIN = Path(sys.executable).parent
 VOCAB = 14_336  # the dense ids of documents 0-159 (13,978), rounded up to a multiple of 256 (TP=2 splits it)
@@ -213,6 +215,11 @@ def _bad(tmp_path, checkpoint, corpus):
     uint16 = _write_prefix(str(tmp_path / "uint16"), [[1, 2, 3] * 40], dtype=np.uint16)
     foreign = _write_prefix(str(tmp_path / "foreign"), [[1, VOCAB + 5] * 40])
     short = _write_prefix(str(tmp_path / "short"), [[1, 2, 3]] * 10)
+    other_size = tmp_path / "other_size"  # weights of the tiny model, a run config that says a wider one
+    shutil.copytree(checkpoint, other_size)
+    recipe = json.loads((other_size / "megadoc_recipe.json").read_text())
+    recipe["recipe"]["model"].update(hidden_size=128, ffn_hidden_size=448)
+    (other_size / "megadoc_recipe.json").write_text(json.dumps(recipe))
     (tmp_path / "runs.csv").write_text("run,method,generations,real_tokens,real_epochs,synthetic_fraction,lr,"
                                        "weight_decay\nother,real,0,1,1.0,,0.003,0.8\n")
     return {
@@ -225,6 +232,7 @@ def _bad(tmp_path, checkpoint, corpus):
         "no long document": (["--long-valid-path", short], "none of its 10 documents has seq_length + 1 = 65 tokens"),
         "beyond": (["--beyond", "64"], "--beyond: positions run 0..63"),
         "registry alone": (["--registry", str(tmp_path / "runs.csv")], "not recorded in a registry; give --run-name"),
+        "other size": (["--load", str(other_size)], "its weights do not fit the model its run config describes"),
         "run alone": (["--run-name", "tiny"], "give --registry too"),
         "unknown run": (["--registry", str(tmp_path / "runs.csv"), "--run", "tiny"], "no run named 'tiny'"),
     }
@@ -240,3 +248,37 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys, checkpoint, corpus):
         error = capsys.readouterr().err
         assert error.startswith("megadoc eval: error: ") and words in error and error.count("\n") == 1, (name, error)
         assert not (tmp_path / "out").exists(), name
+
+
+def test_resuming_a_checkpoint_of_another_model_fails_in_one_line(tmp_path, capsys, checkpoint, corpus):
+    from megadoc.cli import main
+
+    assert main(["train", "--recipe", "150m", "--vocab-size", str(VOCAB), "--data-path", corpus["train"],
+                 "--train-iters", "1", "--save", str(checkpoint), "--load", str(checkpoint)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds a tiny model (hidden 64, 2 layers, seq 64); this run trains 150m" in error
+
+
+def test_export_to_hugging_face_reproduces_the_logits(tmp_path, checkpoint):
+    """`megadoc export` of a megadoc train checkpoint: transformers' LlamaForCausalLM on the exported folder computes
+    the Megatron-Core model's logits (both fp32: max |difference| < 1e-5, on logits of magnitude ~10)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from megadoc.recipes.models import ParallelRecipe
+    from megadoc.training.checkpoints import load_model
+    from megadoc.training.export import export
+    from megadoc.training.runtime import start
+
+    out = export(str(checkpoint), str(tmp_path / "hf"))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # a vocabulary, no tokenizer
+    start(ParallelRecipe(), 1)
+    model = load_model(str(checkpoint)).model
+    tokens = torch.randint(0, VOCAB, (3, SEQ), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        megatron = model(tokens, torch.arange(SEQ).expand_as(tokens), None).float()
+        hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(tokens).logits
+    assert hf.shape == megatron.shape == (3, SEQ, VOCAB)
+    assert (hf - megatron).abs().max().item() < 1e-5 and megatron.abs().max().item() > 1
+    with pytest.raises(MegadocError, match="already exists"):
+        export(str(checkpoint), str(out))

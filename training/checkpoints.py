@@ -18,6 +18,7 @@ checkpoint of either trainer through this one function.
 import json
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def _load_sharded(sharded_state: dict, path: Path) -> dict:
     newer Megatron-Core than this environment's."""
     from megatron.core import dist_checkpointing, package_info
     from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint import CheckpointException
 
     if not (path / "common.pt").exists() and (package_info.MAJOR, package_info.MINOR) < (0, 17):
         raise MegadocError(f"{path}: written by Megatron-Core >= 0.17 (e.g. Megatron-Bridge), which this "
@@ -137,9 +139,11 @@ def _load_sharded(sharded_state: dict, path: Path) -> dict:
                            "Megatron-Bridge is installed (the NeMo container, .venv312)")
     try:
         return dist_checkpointing.load(sharded_state, str(path))
-    except (CheckpointingException, RuntimeError, KeyError) as error:
-        message = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise MegadocError(f"{path}: its weights do not fit the model its run config describes ({message[:300]})"
+    except (CheckpointingException, CheckpointException, RuntimeError, KeyError) as error:
+        # The cause is the last line (torch's CheckpointException carries each rank's trace before it).
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = re.sub(r"^[\w.]+(Exception|Error): ", "", lines[-1])
+        raise MegadocError(f"{path}: its weights do not fit the model its run config describes ({reason[:300]})"
                            ) from None
 
 
