@@ -16,8 +16,9 @@ from megadoc.launch.pipeline import PipelineConfig, Step, load_pipeline
 
 
 def _argv(config: PipelineConfig, step: Step, command: list[str]) -> list[str]:
-    """The process a command runs as here: this Python's `-m megadoc`, under torchrun for distributed steps."""
-    if step.distributed and config.train.nproc_per_node > 1:
+    """The process a command runs as here: this Python's `-m megadoc`, under torchrun for distributed steps (always
+    for `megadoc pretrain`: Megatron-Bridge takes its world from torchrun's environment)."""
+    if step.distributed and (config.train.nproc_per_node > 1 or command[0] == "pretrain"):
         return [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node",
                 str(config.train.nproc_per_node), "-m", "megadoc", *command]
     return [sys.executable, "-m", "megadoc", *command]

@@ -100,12 +100,15 @@ def pretrain_config(
 def apply_overrides(cfg, overrides: list[str]):
     """Hydra-style `key=value` overrides (Bridge's `process_config_with_overrides`), then `sync_plan`, so that
     e.g. `dataset.blend.real_epochs=8` or `train.global_batch_size=128` also moves train_iters and the schedule."""
-    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
+    from megatron.bridge.training.utils.omegaconf_utils import OverridesError, process_config_with_overrides
 
     if any(o.split("=", 1)[0].lstrip("+~") == "train.train_iters" for o in overrides):
         raise MegadocError("train.train_iters comes from the data plan: override dataset.blend.real_epochs, "
                            "dataset.blend.synthetic_fraction or dataset.blend.base_steps instead")
-    return sync_plan(process_config_with_overrides(cfg, cli_overrides=list(overrides)))
+    try:
+        return sync_plan(process_config_with_overrides(cfg, cli_overrides=list(overrides)))
+    except OverridesError as error:  # an unknown key, or a value of the wrong kind
+        raise MegadocError(f"overrides: {str(error).splitlines()[0]}") from None
 
 
 EVALUATIONS_PER_RUN = 20

@@ -108,6 +108,11 @@ def test_bridge_backend_launches_the_megadoc_recipe_through_pretrain(tmp_path):
             assert (kwargs["real_epochs"], kwargs["synthetic_fraction"], kwargs["weight_decay"]) == (8, 0.75, 0.8)
             assert kwargs["synthetic_paths"] == [str(work / "tokens" / method)] and args.generations in (8, 4)
 
+    for bad, words in (("lr=fast", "lr=fast: expected float"), ("synthetic_paths=a", "expected list"),
+                       ("seed=null", "seed=null: expected int")):
+        with pytest.raises(MegadocError, match=words):
+            recipe_arguments([bad])
+
     gpus = {"slurm": {"train": {"gpus_per_node": 8, "cpus_per_task": 16}}}
     assert load_pipeline(_write(tmp_path, {**FULL, **gpus})).train_backend == "bridge"
     assert load_pipeline(_write(tmp_path, FULL)).train_backend == "core"

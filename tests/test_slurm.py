@@ -5,7 +5,9 @@
   a 2-task generation array, dependencies, training under srun + torchrun, evaluation and the report; while shard 0
   is generating, its array task is requeued (killed and started again), and the shard finishes from its committed
   chunks with every document's generations present exactly once;
-- nemo-run's SlurmExecutor writes a training sbatch with the same resources (in the Python 3.12 environment).
+- nemo-run's SlurmExecutor writes a training sbatch with the same resources (in the Python 3.12 environment);
+- with train.backend: bridge, training runs Megatron-Bridge's pretrain and evaluation reads its checkpoint, each in
+  the environment its slurm section names (the Python 3.12 one plays the NeMo container), and the report lists it.
 
 The cluster tests need root (the daemons) and apt (the packages); they skip, saying why, only without them.
 """
@@ -29,6 +31,7 @@ from megadoc.preprocess.generate.shards import iter_rows
 from megadoc.launch.pipeline import load_pipeline, steps
 from megadoc.slurm.sbatch import array_spec
 from megadoc.slurm.submit import submit
+from megadoc.training.registry import read_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
@@ -430,3 +433,41 @@ def test_nemo_run_training_runs_on_slurm(pipeline_run):
     # The same training as the sbatch script ran: the same seed and data give the same losses.
     assert [json.loads(line)["loss"] for line in (work / "runs" / "real" / "train_log.jsonl").read_text().splitlines()] \
         == losses
+
+
+def test_bridge_backend_trains_evaluates_and_reports_on_slurm(pipeline_run):
+    """Last: the finished pipeline's real-only run again, with train.backend: bridge. Training runs Megatron-Bridge's
+    pretrain (`megadoc pretrain`) in the Python 3.12 environment that plays the NeMo container (on this CPU-only
+    machine with the test-only adaptations of tests/bridge/cpu_site), evaluation `megadoc eval` of its checkpoint in
+    that environment too, the report in the main one; the run keeps its name and registry row, and the report
+    lists it with the Bridge checkpoint's loss."""
+    sys.path.insert(0, str(ROOT / "tests" / "bridge"))
+    from cpu_bridge import CPU_OVERRIDES
+
+    python = _venv312()
+    config, work, _, _ = pipeline_run
+    for step in ("train-real", "eval-real", "report"):
+        (work / ".done" / step).unlink(missing_ok=True)
+    bridge_env = [f"slurm.train.python={python}", f"slurm.eval.python={python}",
+                  f"slurm.train.setup=[export PYTHONPATH={ROOT}/tests/bridge/cpu_site OMP_NUM_THREADS=1]",
+                  f"train.bridge_overrides=[{', '.join(CPU_OVERRIDES)}]"]
+    submitted = submit(load_pipeline(Path(config.work_dir).parent / "pipeline.yaml", ["train.backend=bridge",
+                                                                                     *bridge_env]),
+                       only={"train-real", "eval-real", "report"}, log=lambda line: None)
+    jobs = {job.step.name: job.job_id for job in submitted}
+    deadline = time.monotonic() + 600
+    while queued(jobs.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    states = {name: job_records(job_id)[0]["JobState"] for name, job_id in jobs.items()}
+    assert states == dict.fromkeys(("train-real", "eval-real", "report"), "COMPLETED"), f"{states}\n{logs(work)}"
+
+    ckpt = work / "runs" / "real" / "checkpoints"
+    train_log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    assert [r["consumed_samples"] for r in train_log] == [8, 16] and (ckpt / "iter_0000002" / "run_config.yaml").exists()
+    assert json.loads((ckpt / "megadoc_recipe.json").read_text())["backend"] == "bridge"
+    results = json.loads((work / "runs" / "real" / "eval" / "eval.json").read_text())
+    assert results["checkpoint"] == str(ckpt) and results["iteration"] == 2
+    (row,) = [run for run in read_registry(work / "runs.csv") if run.method == "real"]
+    assert row.checkpoint == str(ckpt) and row.iid_loss == results["iid_loss"]
+    report = (work / "report" / "report.md").read_text()
+    assert f"| real | 0 | {row.run} |" in report and f"{row.iid_loss:.4f}" in report

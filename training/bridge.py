@@ -60,28 +60,21 @@ def model_name(recipe: str) -> str:
 def _value(key: str, text: str, kind):
     """A recipe argument's text as the type its annotation names: `null` for None where allowed, strings as
     written, numbers as numbers (1e-3 too, which YAML 1.1 reads as a string), lists and booleans as YAML."""
-    options = [k for k in typing.get_args(kind) if k is not type(None)] if typing.get_origin(kind) is types.UnionType \
-        else [kind]
-    if text in ("null", "None") and len(options) < len(typing.get_args(kind) or [kind]):
-        return None
-    (base,) = options
+    if typing.get_origin(kind) is types.UnionType and type(None) in typing.get_args(kind):
+        if text in ("null", "None"):
+            return None
+        (kind,) = [option for option in typing.get_args(kind) if option is not type(None)]
     try:
-        if base in (int, float):
-            return base(text)
-        if base is bool:
+        if kind in (int, float):
+            return kind(text)
+        if kind is bool or typing.get_origin(kind) is list:
             value = yaml.safe_load(text)
-            if not isinstance(value, bool):
+            if not isinstance(value, bool if kind is bool else list):
                 raise ValueError(text)
-            return value
-        if typing.get_origin(base) is list:
-            value = yaml.safe_load(text)
-            if not isinstance(value, list):
-                raise ValueError(text)
-            (item_type,) = typing.get_args(base)
-            return [item_type(item) for item in value]
+            return value if kind is bool else [typing.get_args(kind)[0](item) for item in value]
     except (ValueError, yaml.YAMLError):
-        raise MegadocError(f"{key}={text}: expected {getattr(base, '__name__', base)}"
-                           f"{', e.g. ' + key + '=[a,b]' if typing.get_origin(base) is list else ''}") from None
+        example = f", e.g. {key}=[a,b]" if typing.get_origin(kind) is list else ""
+        raise MegadocError(f"{key}={text}: expected {getattr(kind, '__name__', kind)}{example}") from None
     return text
 
 

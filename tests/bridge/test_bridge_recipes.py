@@ -170,6 +170,9 @@ def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
         apply_overrides(paper_300m(llama3_hf), ["train.train_iters=10"])
     with pytest.raises(MegadocError, match="synthetic_fraction"):
         apply_overrides(paper_300m(llama3_hf), ["dataset.blend.synthetic_fraction=1.5"])
+    with pytest.raises(MegadocError, match="overrides: Failed to parse Hydra overrides: Could not override "
+                                           "'model.not_a_field'"):
+        apply_overrides(paper_300m(llama3_hf), ["model.not_a_field=3"])
 
 
 def test_megatron_lm_provider_reads_real_megatron_lm_arguments(blend_data, llama3_hf):

@@ -143,15 +143,17 @@ def _logits(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def test_megadoc_eval_of_a_bridge_checkpoint_is_bridges_own_model(bridge_run, blend_data, world, fresh_attention):
-    """megadoc eval (world 1: the TP=2 checkpoint resharded) gives the i.i.d. loss that Bridge's own loader's model
+    """megadoc eval (`evaluate`, world 1: the TP=2 checkpoint resharded) gives the i.i.d. loss that Bridge's own loader's model
     computes on the same windows, and megadoc's load_model holds the same logits."""
     from megatron.bridge.training.model_load_save import load_megatron_model
 
+    from megadoc.evaluation.evaluate import EvalConfig, evaluate
     from megadoc.training.checkpoints import load_model
 
     ckpt = bridge_run / "checkpoints"
-    _run([str(BIN / "megadoc"), "eval", "--load", str(ckpt), "--valid-path", blend_data["valid"], "--long-valid-path",
-          blend_data["valid"], "--output-dir", str(bridge_run / "eval"), "--registry", str(bridge_run / "runs.csv")])
+    evaluate(EvalConfig(load=str(ckpt), valid_path=blend_data["valid"], long_valid_path=blend_data["valid"],
+                        output_dir=str(bridge_run / "eval"), registry=str(bridge_run / "runs.csv")))
+    fresh_attention()
     results = json.loads((bridge_run / "eval" / "eval.json").read_text())
     assert results["iteration"] == 8 and results["recipe"] == "tiny" and results["long_windows"] > 0
     assert float(_row(bridge_run / "runs.csv")["iid_loss"]) == pytest.approx(results["iid_loss"], abs=1e-12)
@@ -177,12 +179,13 @@ def test_export_is_autobridges_and_transformers_reproduces_the_logits(bridge_run
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from megadoc.training.checkpoints import load_model
+    from megadoc.training.export import export
 
-    ckpt, hf = bridge_run / "checkpoints", tmp_path / "hf"
-    _run([str(BIN / "megadoc"), "export", "--load", str(ckpt), "--output", str(hf)])
+    ckpt, hf = bridge_run / "checkpoints", export(str(bridge_run / "checkpoints"), str(tmp_path / "hf"))
     assert sorted(p.name for p in hf.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
                                                     "tokenizer_config.json"]
     ours = load_file(hf / "model.safetensors")
+    fresh_attention()
     megatron_model = load_model(str(ckpt)).model
     fresh_attention()
     bridge = AutoBridge.from_hf_config(AutoConfig.from_pretrained(hf))
