@@ -34,7 +34,9 @@ EXACT = 1e-5
 
 
 def _run(command: list[str], record: Path | None = None, timeout: int = 420) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    """A command in a fresh process, without this process's rendezvous or attention-backend variables (models
+    built here leave NVTE_* behind; Megatron-Core checks the next model's backend against them)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT") and not k.startswith("NVTE_")}
     env.update(PYTHONPATH=str(SITE), OMP_NUM_THREADS="1", **({"MEGADOC_TEST_RECORD": str(record)} if record else {}))
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
