@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from megadoc.files import atomic_write
+from megadoc.files import atomic_write, check_output_file
 from megadoc.preprocess.corpus import add_corpus_arguments, iter_records, record_id, record_text
 from megadoc.errors import MegadocError
 from megadoc.preprocess.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
@@ -118,7 +118,8 @@ def write_split(inputs: list[str], ids: list[str], split: Split, out_dir: Path, 
 def split_corpus(inputs: list[str], out_dir: str | os.PathLike, tokenizer: Tokenizer, config: SplitConfig) -> dict:
     """Hold out the validation sets of `inputs` under `out_dir`; returns what split.json records."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for name in (TRAIN, VALID_IID, VALID_LONG, VALIDATION_IDS, SPLIT_JSON):
+        check_output_file(out / name, "--output-dir")
     ids, lengths = count_tokens(inputs, tokenizer, config.json_key)
     split = draw_split(lengths, config)
     counts = write_split(inputs, ids, split, out, config.json_key)

@@ -88,17 +88,42 @@ def test_stitched_layout(tmp_path, corpus, generations):
     assert any(r["parts"] != by_id[r["id"]] for r in shuffled)
 
 
-def test_simple_is_every_rephrase_plus_one_real_copy_shuffled(tmp_path, corpus, generations):
+def test_simple_is_every_rephrase_plus_one_real_copy(tmp_path, corpus, generations):
     records, path = assemble(tmp_path, corpus, generations, "simple", "s")
     assert len(records) == len(corpus[1]) * (G + 1)
-    texts = {r["text"] for r in records}
-    assert all(doc["text"] in texts for doc in corpus[1])
-    again, path2 = assemble(tmp_path, corpus, generations, "simple", "s2")
-    assert path.read_bytes() == path2.read_bytes()  # deterministic under the seed
-    other, _ = assemble(tmp_path, corpus, generations, "simple", "s3", "--seed", "99")
-    assert [r["id"] for r in other] != [r["id"] for r in records]
+    expected = [(f"{doc['id']}/{i}", f"Rephrase {i}: ") for doc in corpus[1] for i in range(G)]
+    assert sorted((r["id"], r["text"][:len(f"Rephrase {r['id'][-1]}: ")]) for r in records if "/" in r["id"]) == \
+        sorted(expected)
+    assert sorted(r["text"] for r in records if "/" not in r["id"]) == sorted(doc["text"] for doc in corpus[1])
+    again, path2 = assemble(tmp_path, corpus, generations, "simple", "s2", "--workers", "1")
+    assert path.read_bytes() == path2.read_bytes()  # deterministic, whatever the number of workers
     summary = json.loads(Path(str(path) + ".summary.json").read_text())
     assert summary["records"] == len(records) and summary["generations"] == G * len(corpus[1])
+
+
+def test_simple_without_the_real_copy(tmp_path, corpus, generations):
+    """--real-position none: the rephrases alone (the paper's 'no real copy' ablation); first: the copy leads."""
+    none, _ = assemble(tmp_path, corpus, generations, "simple", "n", "--real-position", "none")
+    originals = {doc["text"] for doc in corpus[1]}
+    assert len(none) == len(corpus[1]) * G and not any(r["text"] in originals for r in none)
+    assert all("/" in r["id"] for r in none)
+    first, _ = assemble(tmp_path, corpus, generations, "simple", "f", "--real-position", "first")
+    assert [r["id"] for r in first[:G + 1]] == [first[0]["id"]] + [f"{first[0]['id']}/{i}" for i in range(G)]
+
+
+def test_many_buckets_give_the_same_stream(tmp_path, corpus, generations, monkeypatch):
+    """Bounded memory: with buckets of a few KB the join runs over many bucket files (and two workers); every
+    record is the same, each megadoc whole, and the order is fixed by the data alone."""
+    from megadoc.preprocess import assemble as assembler
+
+    one, _ = assemble(tmp_path, corpus, generations, "stitched", "one", "--workers", "1")
+    monkeypatch.setattr(assembler, "BUCKET_BYTES", 2_000)
+    many, path = assemble(tmp_path, corpus, generations, "stitched", "many", "--workers", "2")
+    again, path2 = assemble(tmp_path, corpus, generations, "stitched", "many2", "--workers", "1")
+    assert json.loads(Path(f"{path}.summary.json").read_text())["buckets"] > 3
+    assert sorted(map(orjson.dumps, many)) == sorted(map(orjson.dumps, one))
+    assert path.read_bytes() == path2.read_bytes()
+    assert not list(tmp_path.glob("*.assemble-tmp")) and not list(tmp_path.glob("*.lock"))
 
 
 def test_simple_and_stitched_hold_the_same_tokens(tmp_path, corpus, generations, llama3_hf):
