@@ -109,14 +109,16 @@ def eval_recipe(recipe: TrainingRecipe, parallel: ParallelRecipe) -> TrainingRec
     return replace(recipe, vocab_size=padded, parallel=parallel, bf16=False)
 
 
-def open_prefix(prefix: str, vocab_size: int):
+def open_prefix(prefix: str, vocab_size: int, tokenizer=None):
     """The IndexedDataset of a prefix, checked (in one line, before Megatron-Core reads it) to be a consistent pair
-    written with the checkpoint's vocabulary."""
+    written with the checkpoint's vocabulary (and by its tokenizer, where both are known: their fingerprints)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megadoc.preprocess.indexed import UINT16_VOCAB_LIMIT, read_index
+    from megadoc.preprocess.indexed import UINT16_VOCAB_LIMIT, check_tokenizer, read_index
 
     data = read_index(prefix)
+    if tokenizer is not None:
+        check_tokenizer(data, tokenizer)
     if data.dtype == np.uint16 and vocab_size >= UINT16_VOCAB_LIMIT:
         raise MegadocError(f"{prefix}: uint16 tokens, so written with a vocabulary below {UINT16_VOCAB_LIMIT}; the "
                            f"checkpoint's has {vocab_size} (another tokenizer?)")
@@ -159,9 +161,18 @@ class DocumentStartWindows(torch.utils.data.Dataset):
         return {"tokens": text[:-1], "labels": text[1:], "loss_mask": torch.ones(self.seq_length)}
 
 
-def validation_windows(kind: str, prefix: str, recipe: TrainingRecipe):
+def trained_tokenizer(recipe: TrainingRecipe):
+    """The tokenizer the checkpoint was trained with, where its files are still at hand (else None)."""
+    from megadoc.preprocess.tokenizer import build_tokenizer
+
+    if recipe.tokenizer is None or not os.path.exists(recipe.tokenizer.model):
+        return None
+    return build_tokenizer(recipe.tokenizer)
+
+
+def validation_windows(kind: str, prefix: str, recipe: TrainingRecipe, tokenizer=None):
     """The windows of one validation set: packed (iid, short) or one per long document from its start (long)."""
-    indexed = open_prefix(prefix, recipe.vocab_size)
+    indexed = open_prefix(prefix, recipe.vocab_size, tokenizer)
     if kind == "long":
         return DocumentStartWindows(indexed, prefix, recipe.model.seq_length)
     return packed_windows(indexed, prefix, recipe.model.seq_length, recipe.vocab_size)
@@ -297,7 +308,8 @@ def evaluate(config: EvalConfig) -> dict | None:
     beyond = check_config(config, seq_length)
     recipe = eval_recipe(trained, config.parallel)
     sets = {"iid": config.valid_path, "short": config.short_valid_path, "long": config.long_valid_path}
-    windows = {name: validation_windows(name, prefix, trained) for name, prefix in sets.items() if prefix}
+    tokenizer = trained_tokenizer(trained)
+    windows = {name: validation_windows(name, prefix, trained, tokenizer) for name, prefix in sets.items() if prefix}
 
     start(recipe.parallel, SEED)
     writer = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
