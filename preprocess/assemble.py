@@ -35,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import zlib
 from collections import Counter
@@ -57,10 +58,13 @@ METHODS = ("simple", "stitched", "stretched")
 GENERATION_OF = {"simple": "rephrase", "stitched": "rephrase", "stretched": "rationale"}
 """Which generations each stream is assembled from."""
 DEFAULT_OPEN, DEFAULT_CLOSE = "\n<think>\n", "\n</think>\n"
-BUCKET_BYTES = 64 * 2**20
+BUCKET_BYTES = 16 * 2**20
 """Text per bucket: what one worker holds in memory at a time (a few times this, as Python objects)."""
-MAX_BUCKETS = 1024
-"""Bucket files each spilling process keeps open; past MAX_BUCKETS x BUCKET_BYTES of text the buckets grow."""
+MAX_BUCKETS = 512
+"""Bucket files each spilling process keeps open (file descriptors); past MAX_BUCKETS x BUCKET_BYTES (8 GB) of text
+the buckets grow (the paper's 164k documents at G = 32, ~15 GB: ~30 MB each)."""
+CORPUS_BUFFER_BYTES = 32 * 2**20
+"""Corpus text buffered before it is written to the bucket files (one table per bucket per flush)."""
 GENERATION_COLUMNS = ["doc_id", "kind", "index", "text", "split_offset"]
 
 
@@ -258,12 +262,13 @@ def _spill_corpus(config: AssembleConfig, buckets: int, directory: Path, held_ou
     schema = pa.schema([("position", pa.int64()), ("id", pa.string()), ("text", pa.string()),
                         ("where", pa.string())])
     writers = _BucketWriters(directory, "corpus.arrow", schema)
-    pending: dict[int, list] = {}
+    pending: dict[int, tuple[list, list, list, list]] = {}
     pending_chars, stats = 0, Counter()
 
     def flush():
-        for bucket, rows in sorted(pending.items()):
-            writers.write(bucket, pa.Table.from_pylist(rows, schema=schema))
+        for bucket, columns in sorted(pending.items()):
+            writers.write(bucket, pa.Table.from_arrays([pa.array(c, type=t) for c, t in zip(columns, schema.types)],
+                                                       schema=schema))
         pending.clear()
 
     try:
@@ -273,11 +278,12 @@ def _spill_corpus(config: AssembleConfig, buckets: int, directory: Path, held_ou
             if document.id in held_out:
                 raise MegadocError(f"{document.where}: document {document.id!r} is a validation document (see "
                                    "megadoc split); assemble from the split's train.jsonl")
-            pending.setdefault(_bucket_of(document.id, buckets), []).append(
-                {"position": position, "id": document.id, "text": document.text, "where": document.where})
+            columns = pending.setdefault(_bucket_of(document.id, buckets), ([], [], [], []))
+            for column, value in zip(columns, (position, document.id, document.text, document.where)):
+                column.append(value)
             pending_chars += len(document.text)
             stats["source_documents"] += 1
-            if pending_chars > BUCKET_BYTES // 4:
+            if pending_chars > CORPUS_BUFFER_BYTES:
                 flush()
                 pending_chars = 0
         flush()
@@ -302,13 +308,14 @@ def _join_bucket(task: tuple) -> tuple[Counter, np.ndarray]:
     stats: Counter = Counter()
     by_doc: dict[str, dict[int, dict]] = {}
     generations = _read_bucket(directory, "gen-*.arrow")
-    for row in generations.to_pylist() if generations is not None else []:
-        rows = by_doc.setdefault(row["doc_id"], {})
-        if row["index"] in rows:
-            first = sources[rows[row["index"]]["source"]]
-            raise MegadocError(f"{sources[row['source']]}: generation {row['index']} of document {row['doc_id']!r} "
-                               f"is also in {first}; a generation directory holds each once (copied chunks?)")
-        rows[row["index"]] = row
+    columns = [generations.column(name).to_pylist() for name in generations.column_names] if generations else []
+    for doc_id, index, text, offset, source in zip(*columns):
+        rows = by_doc.setdefault(doc_id, {})
+        if index in rows:
+            raise MegadocError(f"{sources[source]}: generation {index} of document {doc_id!r} is also in "
+                               f"{sources[rows[index]['source']]}; a generation directory holds each once (copied "
+                               "chunks?)")
+        rows[index] = {"index": index, "text": text, "split_offset": offset, "source": source}
     corpus = _read_bucket(directory, "corpus.arrow")
     lengths = []
     with open(directory / "records.jsonl", "wb") as out:
@@ -342,12 +349,24 @@ def _records(document: dict, rows: list[dict], config: AssembleConfig, stats: Co
         yield {"id": doc_id, "text": stretch(text, usable, config.rationale_open, config.rationale_close)}
 
 
+def _pool(processes: int):
+    """Worker processes that die with this one: a kill -9 of assemble leaves no orphan holding its files (or the
+    inherited lock on its output), even one idle on the task queue."""
+    return multiprocessing.get_context("fork").Pool(processes, initializer=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+
+
 def _map(function, tasks: list, workers: int):
     """`function` over `tasks` in order, in `workers` processes (in this one when 1)."""
     if workers == 1 or len(tasks) == 1:
         yield from map(function, tasks)
         return
-    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+    with _pool(min(workers, len(tasks))) as pool:
         yield from pool.imap(function, tasks)
 
 
@@ -378,7 +397,7 @@ def _assemble(config: AssembleConfig, output: str, scratch: Path) -> dict:
     held_out_array = pa.array(sorted(held_out), pa.string()) if held_out else None
     tasks = [(group, kind, buckets, scratch, w, held_out_array) for w, group in enumerate(groups)]
     if len(tasks) > 1:  # the shards spill in worker processes while this one spills the corpus
-        with multiprocessing.get_context("fork").Pool(len(tasks)) as pool:
+        with _pool(len(tasks)) as pool:
             spilled = pool.map_async(_spill_generations, tasks)
             stats = _spill_corpus(config, buckets, scratch, held_out)
             for counts in spilled.get():
@@ -397,8 +416,7 @@ def _assemble(config: AssembleConfig, output: str, scratch: Path) -> dict:
         for directory, (counts, record_lengths) in zip(bucket_dirs, joined):
             stats.update(counts)
             lengths.append(record_lengths)
-            with open(directory / "records.jsonl", "rb") as part:
-                shutil.copyfileobj(part, out, 2**22)
+            _append(directory / "records.jsonl", out)
             shutil.rmtree(directory)
         if stats["missing_documents"]:
             example = min(key[8:] for key in stats if key.startswith("missing:"))
@@ -409,6 +427,22 @@ def _assemble(config: AssembleConfig, output: str, scratch: Path) -> dict:
     return {"method": config.method, "records": len(lengths), **summary,
             "megadocs": len(lengths) if config.method != "simple" else 0, "characters": distribution(lengths),
             "buckets": buckets, "validation_ids": config.validation_ids}
+
+
+def _append(part: Path, out) -> None:
+    """Copy `part` to the end of `out`, inside the kernel where it can (copy_file_range)."""
+    out.flush()
+    with open(part, "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        try:
+            while size > 0:
+                copied = os.copy_file_range(source.fileno(), out.fileno(), size)
+                if copied == 0:
+                    break
+                size -= copied
+        except OSError:  # a file system without it: copy through user space
+            source.seek(os.fstat(source.fileno()).st_size - size)
+            shutil.copyfileobj(source, out, 2**22)
 
 
 def distribution(lengths: np.ndarray) -> dict:

@@ -129,8 +129,6 @@ def _load(reference: Tokenizer) -> GigatokenEncoder | None:
         if not missing:
             return GigatokenEncoder(gigatoken.Tokenizer(str(reference.file)), reference, None, None)
         config = json.loads(reference.file.read_text())
-        if config.get("model", {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(config.get("pre_tokenizer")):
-            return None
         vocab = config["model"]["vocab"]
         vocab.update({char: reference.vocab_size + i for i, char in enumerate(missing)})
         return GigatokenEncoder(gigatoken.Tokenizer.from_json(json.dumps(config)), reference, None, reference.vocab_size)

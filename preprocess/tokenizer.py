@@ -266,7 +266,11 @@ class HFTokenizer(Tokenizer):
         return any(s.get("type") == "Split" or s.get("type") == "ByteLevel" and s.get("use_regex") for s in steps)
 
     def missing_byte_tokens(self, byte_chars) -> list[str]:
-        """Which of a byte-level vocabulary's 256 single-byte tokens (spelled as `byte_chars`) it lacks."""
+        """Which of a byte-level BPE vocabulary's 256 single-byte tokens (spelled as `byte_chars`) it lacks (none
+        for a vocabulary that is not byte-level)."""
+        pre = self._tok.pre_tokenizer
+        if pre is None or b"ByteLevel" not in pre.__getstate__() or type(self._tok.model).__name__ != "BPE":
+            return []
         return [char for char in byte_chars if self._tok.token_to_id(char) is None]
 
 

@@ -163,3 +163,35 @@ def test_bad_inputs(tmp_path, corpus, capsys, write_generations):
     assert main(argv + ["--generations", bad]) == 1
     assert "split_offset 1000000000, outside" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_kill_9_leaves_no_worker_behind(tmp_path, dclm_sample, write_generations):
+    """Killed while its workers join buckets, assemble leaves no orphan process (they hold its files and the lock
+    on its output); the rerun takes the lock and writes the stream a clean run writes."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    texts = [json.loads(line)["text"] for line in Path(dclm_sample).read_text().splitlines()]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": texts[i % len(texts)]}) + "\n" for i in range(300)))
+    rows = [_generation({"id": f"d{i}"}, "rephrase", k, f"{i}.{k} " + (texts[(i + k) % len(texts)] * 3)[:2800])
+            for i in range(300) for k in range(32)]  # ~27 MB of distinct texts: two buckets, joined by two workers
+    generations = write_generations(tmp_path / "gen", rows)
+    command = [sys.executable, "-m", "megadoc", "assemble", "--method", "stitched", "--input", str(corpus),
+               "--generations", generations, "--workers", "2", "--output"]
+    victim = psutil.Popen(command + [str(tmp_path / "s.jsonl")], stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while not workers and time.time() < deadline and victim.poll() is None:
+        workers = victim.children()
+        time.sleep(0.01)
+    assert workers, "assemble finished before its workers could be seen"
+    victim.kill()
+    victim.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    assert subprocess.run(command + [str(tmp_path / "s.jsonl")], capture_output=True).returncode == 0
+    assert subprocess.run(command + [str(tmp_path / "clean.jsonl")], capture_output=True).returncode == 0
+    assert (tmp_path / "s.jsonl").read_bytes() == (tmp_path / "clean.jsonl").read_bytes()

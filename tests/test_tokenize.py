@@ -286,14 +286,20 @@ def big(dclm_sample, llama3_hf, tmp_path_factory) -> tuple[Path, list[str], Path
     return path, common, out / "whole"
 
 
+def start_until(command: list[str], appears: Path) -> subprocess.Popen:
+    """Start `command` and return as soon as `appears` exists (or the run ends)."""
+    process = subprocess.Popen(command)
+    deadline = time.time() + 120
+    while not appears.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    return process
+
+
 def test_kill_9_then_rerun_gives_identical_bytes(big, tmp_path):
     _, common, whole = big
-    victim = subprocess.Popen(MEGADOC + common + ["--output-prefix", str(tmp_path / "killed")])
     state = tmp_path / "killed.tokenize-state.json"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)  # at once: the first checkpoint comes after the first 4 MB batch
+    victim = start_until(MEGADOC + common + ["--output-prefix", str(tmp_path / "killed")], state)
+    victim.send_signal(signal.SIGKILL)  # at once: the first checkpoint comes after the first 1 MB batch
     victim.wait()
     assert state.exists(), "the run finished before it could be killed: make the input larger"
     assert not (tmp_path / "killed.idx").exists() and not (tmp_path / "killed.bin").exists()
@@ -310,11 +316,7 @@ def test_two_runs_on_one_prefix_one_wins(big, tmp_path):
     """A double submission: the second run finds the prefix locked and stops in one line; the first publishes
     consistent files, the same as a lone run's."""
     _, common, whole = big
-    first = subprocess.Popen(MEGADOC + common + ["--output-prefix", str(tmp_path / "p")])
-    lock = tmp_path / "p.lock"
-    deadline = time.time() + 60
-    while not lock.exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.005)
+    first = start_until(MEGADOC + common + ["--output-prefix", str(tmp_path / "p")], tmp_path / "p.lock")
     second = subprocess.run(MEGADOC + common + ["--output-prefix", str(tmp_path / "p")], capture_output=True,
                             text=True)
     assert first.wait() == 0
