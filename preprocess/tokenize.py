@@ -33,6 +33,7 @@ from megadoc.errors import MegadocError
 from megadoc.files import check_output_prefix, exclusive_lock
 from megadoc.preprocess.assemble import check_record_not_held_out
 from megadoc.preprocess.corpus import Record, add_corpus_arguments, expand_inputs, iter_records
+from megadoc.preprocess.fast_tokenizer import gigatoken_encoder
 from megadoc.preprocess.indexed import ResumableIndexedWriter, optimal_dtype
 from megadoc.preprocess.split import load_validation_ids
 from megadoc.preprocess.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
@@ -137,8 +138,6 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
 def choose_encoder(tokenizer: Tokenizer, sample: list[str], gigatoken: bool):
     """gigatoken in front of `tokenizer` when asked, installed and validated on `sample`; else `tokenizer`."""
     if gigatoken:
-        from megadoc.preprocess.fast_tokenizer import gigatoken_encoder
-
         encoder = gigatoken_encoder(tokenizer, sample)
         if encoder is not None:
             return encoder
