@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON312 = ROOT / ".venv312" / "bin" / "python"
 EXPECTED = ("test_300m_recipe_is_the_papers_model_and_optimizer", "test_every_size_builds_from_its_dimensions",
             "test_yaml_round_trip", "test_cli_overrides_move_parallel_sizes_and_the_plan",
-            "test_bridge_pretrain_runs_on_cpu", "test_megatron_lm_provider_reads_real_megatron_lm_arguments")
+            "test_bridge_pretrain_runs_on_cpu", "test_megatron_lm_provider_reads_real_megatron_lm_arguments",
+            "test_weight_decay_mask_param_groups")
 
 
 def test_bridge_recipes_in_python312_env():

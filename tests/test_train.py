@@ -134,3 +134,36 @@ def test_eod_id_reaches_the_tokenizer_of_train(llama3_hf):
                                              "--data-path", "unused", "--train-iters", "1"])
     recipe, tokenizer = recipe_and_tokenizer(args)
     assert tokenizer.eod == 128_002 and recipe.tokenizer.eod_id == 128_002 and recipe.vocab_size == 128_256
+
+
+def test_weight_decay_mask_spares_embeddings_and_norms_and_decays_the_output_layer():
+    """levanter's mask (the paper's trainer): Linear weights decay, the untied output layer included; the input
+    embedding and the norms do not. One step on zero gradients is pure decay: p * (1 - lr * wd), or p untouched."""
+    import torch
+
+    from megadoc.recipes.models import MODELS, OptimizerRecipe, TrainingRecipe
+    from megadoc.training.loop import build_optimizer, set_schedule
+    from megadoc.training.runtime import build_model, start, wrap_ddp
+
+    recipe = TrainingRecipe(model=MODELS["tiny"], vocab_size=512, optimizer=OptimizerRecipe(lr=0.1, weight_decay=0.5))
+    start(recipe.parallel, 3)
+    model = wrap_ddp(build_model(recipe))
+    optimizer = build_optimizer(model, recipe)
+    names = {id(p): name.removeprefix("module.") for name, p in model.named_parameters()}
+    groups = {mult: {names[id(p)] for g in optimizer.param_groups if g["wd_mult"] == mult for p in g["params"]}
+              for mult in (0.0, 1.0)}
+    norms = {f"decoder.layers.{i}.{norm}.weight" for i in (0, 1) for norm in ("input_layernorm", "pre_mlp_layernorm")}
+    assert groups[0.0] == {"embedding.word_embeddings.weight", "decoder.final_layernorm.weight", *norms}
+    linears = {f"decoder.layers.{i}.{linear}.weight" for i in (0, 1) for linear in
+               ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
+    assert groups[1.0] == {"output_layer.weight", *linears}
+    assert groups[0.0] | groups[1.0] == set(names.values())
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    set_schedule(optimizer, 0.1, recipe.optimizer)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        shrink = 1.0 if name.removeprefix("module.") in groups[0.0] else 1 - 0.1 * 0.5
+        assert torch.allclose(p.detach(), before[name] * shrink, rtol=1e-6, atol=0), name

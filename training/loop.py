@@ -26,9 +26,12 @@ LOG_NAME = "train_log.jsonl"
 
 
 def build_optimizer(model, recipe: TrainingRecipe):
-    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping; with bf16 the
+    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping, and the paper's
+    weight-decay mask (levanter's: no decay on embeddings, norms, biases; `recipes.weight_decay`); with bf16 the
     mixed-precision one (fp32 main params and grads, no loss scaling)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megadoc.recipes.weight_decay import weight_decay_overrides
 
     opt = recipe.optimizer
     config = OptimizerConfig(
@@ -36,7 +39,15 @@ def build_optimizer(model, recipe: TrainingRecipe):
         adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
         bf16=model.config.bf16, params_dtype=torch.float32, use_distributed_optimizer=False,
     )
-    return get_megatron_optimizer(config, [model])
+    return get_megatron_optimizer(config, [model], config_overrides=weight_decay_overrides())
+
+
+def set_schedule(optimizer, lr: float, opt: OptimizerRecipe) -> None:
+    """This step's learning rate, and each group's weight decay times its wd_mult (0 where the mask says no decay),
+    as Megatron's OptimizerParamScheduler sets them under Megatron-LM and Bridge."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = opt.weight_decay * group.get("wd_mult", 1.0)
 
 
 def learning_rate(step: int, train_iters: int, opt: OptimizerRecipe) -> float:
@@ -155,8 +166,7 @@ def train(run: RunConfig, dataset, save: str | None = None, save_interval: int |
     model.train()
     while state.iteration < min(train_iters, exit_interval or train_iters):
         lr = learning_rate(state.iteration + 1, train_iters, recipe.optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_schedule(optimizer, lr, recipe.optimizer)
         step_start = time.perf_counter()
         loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length)
         state.iteration += 1

@@ -10,7 +10,7 @@ local layer spec, fp32, gloo, no fused kernels.
 Everything else is the product: the recipe factory, `apply_overrides`, the megadoc DatasetProvider, Bridge's
 `pretrain` and `gpt_step.forward_step`.
 
-Writes DIR/steps-rank<R>.jsonl (consumed samples, loss, lr, grad norm) on ranks that compute the loss, and
+Writes DIR/steps-rank<R>.jsonl (consumed samples, loss, lr, grad norm, each parameter group's weight decay) on ranks that compute the loss, and
 DIR/datasets.json (per-stream sample counts the provider built) on rank 0.
 """
 
@@ -148,7 +148,9 @@ def main() -> None:
             record = {"consumed_samples": context.state.train_state.consumed_train_samples,
                       "loss": float(context.loss_dict["lm loss"]),
                       "lr": context.optimizer.param_groups[0]["lr"],
-                      "grad_norm": None if context.grad_norm is None else float(context.grad_norm)}
+                      "grad_norm": None if context.grad_norm is None else float(context.grad_norm),
+                      "weight_decay_by_wd_mult": sorted({(group["wd_mult"], group["weight_decay"])
+                                                         for group in context.optimizer.param_groups})}
             with open(out / f"steps-rank{dist.get_rank()}.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
