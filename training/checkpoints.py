@@ -144,6 +144,8 @@ class RunConfig:
     """The one prefix trained on when there is no blend."""
     name: str | None = None
     """The run's name in the runs registry (`megadoc eval --registry` updates that row)."""
+    block_cross_document_attention: bool = False
+    """Whether documents attended only to themselves (the blend's flag, or --data-path's); eval attends the same."""
 
 
 def save_run_config(save_dir: str, record: RunConfig) -> None:

@@ -4,6 +4,7 @@ config (the flags, translated once: recipe, tokenizer, blend) -> data (the plan'
 plan's) -> the run config (megadoc_recipe.json) and the registry row, both from what is actually used -> the loop.
 """
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from megadoc.training.runtime import init_distributed
 from megadoc.training import device_shim
 from megadoc_data.config import add_blend_arguments, blend_from_args
 
+DEFAULT_SEED = 1234
+"""The seed runs are named without (the paper's names carry none for its default seed)."""
+
 
 def add_arguments(parser) -> None:
     add_recipe_arguments(parser)
@@ -30,7 +34,7 @@ def add_arguments(parser) -> None:
     add_tokenizer_arguments(parser, required=False)
     parser.add_argument("--vocab-size", type=int, help="vocabulary size when no --tokenizer-model is given")
     parser.add_argument("--train-iters", type=int, help="optimizer steps (default with a blend: the plan's)")
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--save", help="checkpoint directory (also where the JSONL loss log goes)")
     parser.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
     parser.add_argument("--load", help="checkpoint directory to resume from; one holding no checkpoint yet starts "
@@ -43,8 +47,12 @@ def add_arguments(parser) -> None:
     # --run-name first: under torchrun a bare --run is refused as an abbreviation of torchrun's own --run-path.
     registry.add_argument("--run-name", "--run", dest="run",
                           help="run name, the registry key (default: the paper's pattern, megadoc.recipes.sweep)")
-    registry.add_argument("--method", default=None, help="synthetic stream kind (default: real, or 'synthetic')")
+    registry.add_argument("--method", default=None, help="what the run trains on, needed with --registry: `real` "
+                          "(the real-only baseline the data law is fitted on), or a synthetic method's name")
     registry.add_argument("--generations", type=int, default=0, help="G: synthetic generations per document")
+    registry.add_argument("--real-tokens-from", metavar="PREFIX", help="a run on synthetic data alone (no real "
+                          "stream; the paper's no-real-data ablation): the real documents it was made from, whose "
+                          "tokens are the run's real-token budget D")
     parser.set_defaults(func=run)
 
 
@@ -53,6 +61,8 @@ def recipe_and_tokenizer(args) -> tuple[TrainingRecipe, object]:
     from megadoc_data.datasets import VocabOnlyTokenizer
 
     spec = spec_from_args(args)
+    if spec is not None and os.path.exists(spec.model):  # recorded absolute: eval and lm-eval run from anywhere
+        spec = replace(spec, model=str(Path(spec.model).resolve()))
     if spec is not None:
         tokenizer = build_tokenizer(spec)
     elif args.vocab_size:
@@ -73,20 +83,34 @@ def build_training_data(args, recipe: TrainingRecipe, tokenizer) -> tuple[object
         if not args.train_iters:
             raise MegadocError("--train-iters is required with --data-path")
         dataset = single_prefix_dataset(args.data_path, tokenizer, seq_length, args.seed,
-                                        args.train_iters * recipe.global_batch_size, args.data_cache_path or "")
-        return dataset, RunConfig(recipe, args.train_iters, args.seed, data_path=args.data_path)
+                                        args.train_iters * recipe.global_batch_size, args.data_cache_path or "",
+                                        args.block_cross_document_attention)
+        return dataset, RunConfig(recipe, args.train_iters, args.seed, data_path=args.data_path,
+                                  block_cross_document_attention=args.block_cross_document_attention)
     blend = blend_from_args(args, seq_length=seq_length)
     plan = check_plan(blend, tokenizer)
     if args.train_iters and args.train_iters != plan.train_iters:
         raise MegadocError(f"--train-iters {args.train_iters} differs from the plan's {plan.train_iters}; "
                            "leave it out to train the plan")
     dataset, _, _ = build_datasets(blend, tokenizer, train_samples=plan.total_sequences)
-    return dataset, RunConfig(recipe, plan.train_iters, args.seed, blend=asdict(blend), plan=plan.to_json())
+    return dataset, RunConfig(recipe, plan.train_iters, args.seed, blend=asdict(blend), plan=plan.to_json(),
+                              block_cross_document_attention=blend.block_cross_document_attention)
+
+
+def check_method(args) -> None:
+    """A run enters the registry only under an explicit method, so nothing lands on the real-only data law by
+    default: a run on a synthetic stream alone (given as --real-path or --data-path) would otherwise look real."""
+    if args.registry and not args.method:
+        raise MegadocError("--registry needs --method: `real` for the real-only baseline (the data law is fitted on "
+                           "those runs), or the synthetic method's name")
+    if args.method == REAL_ONLY and (args.real_tokens_from or args.synthetic_path):
+        raise MegadocError(f"--method {REAL_ONLY} is the real-only baseline: it trains on no synthetic data "
+                           "(--synthetic-path, --real-tokens-from)")
 
 
 def registry_record(args, run: RunConfig) -> RunRecord:
     """The run's registry row, from the run config (so from the plan actually trained), named by the paper's
-    pattern unless --run-name names it."""
+    pattern (with -seed<N> unless the seed is the default) unless --run-name names it."""
     from megadoc_data.sources import read_source
 
     recipe, plan = run.recipe, run.plan
@@ -96,18 +120,23 @@ def registry_record(args, run: RunConfig) -> RunRecord:
         epochs, fraction = plan["real_epochs"], plan["synthetic_fraction"] or None
     else:
         real_tokens, epochs, fraction = read_source(run.data_path).tokens, 1.0, None
-    method = args.method or ("synthetic" if fraction else REAL_ONLY)
-    stream = None if fraction is None else f"{method}{args.generations}"
+    if args.real_tokens_from:  # all of it synthetic (r = 1): D is one pass over the real documents it came from
+        length, batch = recipe.model.seq_length, recipe.global_batch_size
+        real_tokens = read_source(args.real_tokens_from).samples_per_pass(length) // batch * batch * length
+        fraction = 1.0
+    stream = None if fraction is None else f"{args.method}{args.generations}"
     name = args.run or run_name(recipe.model.run_prefix, real_tokens, epochs, recipe.optimizer.lr,
-                                recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0)
+                                recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0,
+                                seed=None if run.seed == DEFAULT_SEED else run.seed)
     return RunRecord(
-        run=name, method=method, generations=args.generations, real_tokens=real_tokens, real_epochs=epochs,
+        run=name, method=args.method, generations=args.generations, real_tokens=real_tokens, real_epochs=epochs,
         synthetic_fraction=fraction, lr=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay,
         params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
-        recipe=recipe.model.name, checkpoint=str(Path(args.save).resolve()) if args.save else "")
+        recipe=recipe.model.name, checkpoint=str(Path(args.save).resolve()) if args.save else "", seed=run.seed)
 
 
 def run(args) -> int:
+    check_method(args)
     recipe, tokenizer = recipe_and_tokenizer(args)
     device_shim.activate()
     init_distributed(recipe.parallel)  # the blend's index cache is built once per world (rank 0 first)

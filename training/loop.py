@@ -96,15 +96,20 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, {"lm loss": loss.detach().clone()}
 
 
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, document_masks: bool = False):
+    """As pretrain_gpt's; `document_masks`: the samples' attention masks (blocked cross-document attention) instead
+    of the model's causal mask. Position resets come with them; RoPE makes attention scores depend only on relative
+    positions, so within a document they change nothing."""
     batch = next(data_iterator)
     tokens, position_ids, labels, loss_mask = (  # as pretrain_gpt; a no-op under the device shim
         batch[key].cuda(non_blocking=True) for key in ("tokens", "position_ids", "labels", "loss_mask"))
-    output = model(tokens, position_ids, None, labels=labels)
+    mask = batch["attention_mask"].cuda(non_blocking=True) if document_masks else None
+    output = model(tokens, position_ids, mask, labels=labels)
     return output, partial(loss_func, loss_mask)
 
 
-def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int):
+def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int,
+               document_masks: bool = False):
     """One optimizer step over a global batch; the mean loss on the last pipeline stage (None elsewhere)."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
@@ -112,7 +117,8 @@ def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatc
     model.zero_grad_buffer()
     optimizer.zero_grad()
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iterator, model=[model], num_microbatches=num_microbatches,
+        forward_step_func=partial(forward_step, document_masks=document_masks), data_iterator=iterator,
+        model=[model], num_microbatches=num_microbatches,
         seq_length=seq_length, micro_batch_size=recipe.micro_batch_size, forward_only=False)
     update_successful, grad_norm, _ = optimizer.step()
     if not update_successful:
@@ -168,7 +174,8 @@ def train(run: RunConfig, dataset, save: str | None = None, save_interval: int |
         lr = learning_rate(state.iteration + 1, train_iters, recipe.optimizer)
         set_schedule(optimizer, lr, recipe.optimizer)
         step_start = time.perf_counter()
-        loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length)
+        loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length,
+                                     run.block_cross_document_attention)
         state.iteration += 1
         state.consumed_samples += recipe.global_batch_size
         if writes_log:

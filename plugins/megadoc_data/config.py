@@ -62,6 +62,11 @@ class MegadocBlendConfig:
     def real_prefixes(self) -> list[str]:
         return [self.real_prefix] if isinstance(self.real_prefix, str) else list(self.real_prefix)
 
+    block_cross_document_attention: bool = False
+    """Attend only within a document (Megatron's reset_attention_mask at each EOD, and reset_position_ids); False,
+    the paper's setting for every run, lets a packed sequence attend across document boundaries (its ablation
+    blocks it)."""
+
     def __post_init__(self):
         if not self.real_prefix or not all(self.real_prefixes):
             raise MegadocError("real_prefix: a real dataset prefix is required")
@@ -117,6 +122,9 @@ def add_blend_arguments(parser, prefix: str = "", validation: bool = True, train
         group.add_argument(f"--{prefix}valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
         group.add_argument(f"--{prefix}long-valid-path", nargs="*", default=[],
                            help="long-document validation prefixes")
+    group.add_argument(f"--{prefix}block-cross-document-attention", action="store_true",
+                       help="attend only within a document (EOD-based masks and position resets); the paper "
+                            "attends across documents")
     if trainer:
         group.add_argument("--seq-length", type=int, default=4096)
         group.add_argument("--global-batch-size", type=int, default=64)
@@ -158,4 +166,4 @@ def blend_from_args(args, prefix: str = "", **trainer) -> MegadocBlendConfig:
         synthetic_weights=weights,
         real_epochs=get("real_epochs"), synthetic_fraction=get("synthetic_fraction"), base_steps=get("base_steps"),
         valid_prefixes=get("valid_path", []), long_valid_prefixes=get("long_valid_path", []), force=get("force", False),
-        **values)
+        block_cross_document_attention=get("block_cross_document_attention", False), **values)

@@ -70,18 +70,26 @@ class VocabOnlyTokenizer:
         return {"class": type(self).__name__, "vocab_size": self.vocab_size}
 
 
+def document_masking(block_cross_document_attention: bool) -> dict:
+    """GPTDatasetConfig's attention fields: Megatron's EOD-based attention masks and position resets when documents
+    may not attend to each other (the samples' attention_mask is then the one to use), none otherwise. EOD tokens
+    keep their loss either way, as in the paper's runs."""
+    block = block_cross_document_attention
+    return dict(reset_position_ids=block, reset_attention_mask=block, eod_mask_loss=False)
+
+
 def single_prefix_dataset(prefix: str, tokenizer, seq_length: int, seed: int, num_samples: int | None = None,
-                          path_to_cache: str = ""):
-    """One .bin/.idx prefix packed as training packs it (documents shuffled and concatenated with their EODs,
-    cross-document attention on, no EOD masking): `num_samples` samples, or None for one epoch (every window
+                          path_to_cache: str = "", block_cross_document_attention: bool = False):
+    """One .bin/.idx prefix packed as training packs it (documents shuffled and concatenated with their EODs, no EOD
+    masking, cross-document attention on unless blocked): `num_samples` samples, or None for one epoch (every window
     once). path_to_cache "" builds the indices in memory, never beside the data."""
     source = read_source(prefix)  # a missing or inconsistent pair fails in one line, before Megatron-Core reads it
     if hasattr(tokenizer, "fingerprint"):
         check_vocab(source, tokenizer)
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
-        path_to_cache=path_to_cache, tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False,
-        eod_mask_loss=False, create_attention_mask=False)
+        path_to_cache=path_to_cache, tokenizer=tokenizer, create_attention_mask=block_cross_document_attention,
+        **document_masking(block_cross_document_attention))
     indexed = IndexedDataset(prefix, multimodal=False)
     return GPTDataset(indexed, prefix, numpy.arange(len(indexed), dtype=numpy.int32), num_samples, Split.train,
                       config)
@@ -93,8 +101,8 @@ def gpt_config(config: MegadocBlendConfig, tokenizer, **overrides) -> GPTDataset
                   blend_per_split=[(config.real_prefixes + config.synthetic_prefixes, None),
                                    ((config.valid_prefixes + config.long_valid_prefixes) or None, None)
                                    if config.valid_prefixes or config.long_valid_prefixes else None, None],
-                  path_to_cache=config.path_to_cache, tokenizer=tokenizer, reset_position_ids=False,
-                  reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.0)
+                  path_to_cache=config.path_to_cache, tokenizer=tokenizer, mid_level_dataset_surplus=0.0,
+                  **document_masking(config.block_cross_document_attention))
     return GPTDatasetConfig(**{**fields, **overrides})
 
 

@@ -157,6 +157,9 @@ def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
     assert cfg.scheduler.lr_warmup_iters == 249 and cfg.scheduler.lr_decay_iters == 24_864
     assert cfg.dataset.blend.global_batch_size == 128 and cfg.dataset.blend.real_epochs == 8
     assert cfg.optimizer.lr == 0.003 and cfg.optimizer.weight_decay == 0.4
+    assert cfg.dataset.skip_getting_attention_mask_from_dataset and not cfg.dataset.create_attention_mask
+    blocked = apply_overrides(paper_300m(llama3_hf), ["dataset.blend.block_cross_document_attention=true"])
+    assert not blocked.dataset.skip_getting_attention_mask_from_dataset and blocked.dataset.create_attention_mask
 
     with pytest.raises(MegadocError, match="train_iters comes from the data plan"):
         apply_overrides(paper_300m(llama3_hf), ["train.train_iters=10"])
