@@ -95,7 +95,7 @@ def _direct_losses(checkpoint: Path, windows) -> tuple[np.ndarray, np.ndarray]:
     import torch.nn.functional as F
     from megatron.core import dist_checkpointing
 
-    from megadoc.evaluation.evaluate import eval_recipe
+    from megadoc.evaluation.ensemble import eval_recipe
     from megadoc.recipes.models import ParallelRecipe
     from megadoc.training.checkpoints import load_run_config
     from megadoc.training.runtime import build_model, start

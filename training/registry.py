@@ -55,10 +55,20 @@ class RunRecord:
     """Mean cross-entropy on short validation documents."""
     loss_by_position: str = ""
     """Path of the loss-by-position JSON (`megadoc.evaluation.metrics.save_curve`), relative to the registry's folder."""
+    seed: int | None = None
+    """Training seed (model init, data order): runs that differ only in it are one configuration's repeats."""
+    members: int = 1
+    """K: models whose logits an evaluation averaged (an ensemble row, `megadoc eval --load A B ...`); 1: one run."""
+
+    def configuration(self) -> tuple:
+        """What the run trained, all but its seed: runs with equal configurations are repeats of one experiment."""
+        return (self.method, self.generations, self.real_tokens, self.real_epochs, self.synthetic_fraction, self.lr,
+                self.weight_decay, self.params, self.seq_length, self.recipe)
 
 
 COLUMNS = [field.name for field in fields(RunRecord)]
 _TYPES = {field.name: field.type for field in fields(RunRecord)}
+_DEFAULTS = {"members": 1}
 
 
 def _parse(name: str, text: str, where: str):
@@ -66,6 +76,8 @@ def _parse(name: str, text: str, where: str):
     if kind is str:
         return text
     if text == "":
+        if name in _DEFAULTS:  # a column added after the registry was written
+            return _DEFAULTS[name]
         if kind in (int, float):
             raise MegadocError(f"{where}: column {name!r} is empty")
         return None
