@@ -3,10 +3,14 @@
 A pipeline YAML names a corpus, a tokenizer and each stage's settings; `steps(config)` turns it into a list of steps,
 each a few `megadoc` command lines plus the steps it waits for:
 
-    split -> tokenize (real, validation) ------------------------------------+
+    split -> tokenize (real, budgets, validation) ---------------------------------+
           -> generate rephrase  (array: one task per shard) -> assemble simple, stitched -> train <method> -> eval
           -> generate rationale (array: one task per shard) -> assemble stretched      -> train real     -> eval
-                                                                                          every eval -> report
+                                                          (ablations: their own streams and runs)  every eval -> report
+
+Experiments (sections of their own): `data_budgets` trains real-only at nested subsets of the real training split
+for the real-only data law (whose inverse is each method's data efficiency), `seeds` repeats training runs, and
+`ablations` adds the paper's ablation presets (ABLATIONS), each a run under a method name of its own.
 
 Every step is a plain command line, so the same list runs here (`megadoc run`, megadoc.launch.local), as sbatch
 scripts or through nemo-run (megadoc.slurm), and every stage it calls resumes where it stopped (generation chunks,
@@ -39,6 +43,10 @@ class SplitStage:
     """Long documents for loss by token position (the paper: 500)."""
     long_min_tokens: int | None = None
     """Token length a long document needs; None: the training seq_length + 1 (one full window)."""
+    short_docs: int = 0
+    """Short documents for the short-document loss (the paper's dc_500_val_short: 500); 0: no short set."""
+    short_max_tokens: int | None = None
+    """Token length a short document may not exceed; None: a quarter of the training seq_length."""
     seed: int = 1234
 
 
@@ -156,6 +164,96 @@ class SlurmStage:
     """Each evaluation job."""
 
 
+# ---------------------------------------------------------------------------------------------------- experiments
+
+
+@dataclass
+class DataBudget:
+    """One point of the real-only data law: a nested subset of the real training split (megadoc split --budgets),
+    trained real-only with its own tuned settings (the paper tunes the real-only recipe per data size)."""
+
+    budget: float
+    """A fraction (<= 1) of the real training tokens, or a token count (> 1)."""
+    real_epochs: float | None = None
+    """E at this budget; None: train.real_only_epochs (the paper's 16)."""
+    lr: float | None = None
+    """Peak learning rate at this budget; None: train.lr."""
+    weight_decay: float | None = None
+    """Weight decay at this budget; None: train.real_only_weight_decay (the paper's 1.6)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.budget:g}"
+
+
+@dataclass
+class DataBudgets:
+    """Real-only runs at several real-token budgets: with the full split, the points the real-only data law
+    L(D) = A / D^alpha + C is fitted to (>= 4 in all), so each method's data efficiency comes from this pipeline's own
+    runs."""
+
+    budgets: list[Any] = field(default_factory=list)
+    """Budgets besides the full split (which always runs): numbers (a fraction <= 1 or a token count > 1), or
+    mappings {budget, real_epochs, lr, weight_decay} with that budget's tuned settings."""
+    seeds: list[int] | None = None
+    """Seeds of every real-only run, the full split's included (None: the pipeline's `seeds`): small budgets are
+    cheap, and their repeats carry the law's uncertainty into the data-efficiency intervals."""
+
+    def __post_init__(self):
+        self.budgets = [budget if isinstance(budget, DataBudget) else
+                        _build(DataBudget, budget if isinstance(budget, dict) else {"budget": budget},
+                               f"data_budgets.budgets[{i}]") for i, budget in enumerate(self.budgets)]
+        labels = [budget.label for budget in self.budgets]
+        if any(not budget.budget > 0 or budget.budget == 1 for budget in self.budgets) or \
+                len(set(labels)) < len(labels):
+            raise MegadocError(f"data_budgets.budgets: {', '.join(labels)} must be distinct, > 0 and not 1 (the "
+                               "full split always runs)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A training run beside the pipeline's methods, under a method name of its own (an ablation)."""
+
+    name: str
+    """Its method name in the registry (and its run folder)."""
+    stream: str | None = None
+    """The assemble method of its synthetic stream (None: real data only)."""
+    assemble: tuple[str, ...] = ()
+    """Flags of its own assembly (none: the base method's stream is reused)."""
+    block_cross_document_attention: bool = False
+    """Documents attend only to themselves."""
+    no_real_data: bool = False
+    """Trains on its stream alone (E passes over it, train.real_epochs), no real stream mixed in."""
+
+    @property
+    def tokens(self) -> str:
+        """The name of the token prefix it trains on."""
+        return self.name if self.assemble else self.stream
+
+
+def ablation_variants(name: str, methods: list[str]) -> list[Variant]:
+    """The runs of one ablation preset (PAPER.md §4a, §1): the real document's position in stitched megadocs,
+    no real copy in the stream, the order of the rephrases, attention across documents, no real data mixed in."""
+    presets = {
+        "real-first": [Variant("stitched-real-first", "stitched", ("--real-position", "first"))],
+        "no-real-copy": [Variant("stitched-no-real-copy", "stitched", ("--real-position", "none")),
+                         Variant("simple-no-real-copy", "simple", ("--real-position", "none"))],
+        "random-order": [Variant("stitched-random-order", "stitched", ("--order", "random"))],
+        "block-cross-document-attention": [
+            Variant(f"{method}-blocked-attention", None if method == REAL_ONLY else method,
+                    block_cross_document_attention=True) for method in [REAL_ONLY, *methods]],
+        "no-real-data": [Variant("stitched-no-real-data", "stitched", no_real_data=True)],
+    }
+    if name not in presets:
+        raise MegadocError(f"ablations: {name!r} is not one of {', '.join(presets)}")
+    return presets[name]
+
+
+ABLATIONS = ("real-first", "no-real-copy", "random-order", "block-cross-document-attention", "no-real-data")
+"""The ablation presets; stitched with the real document last, in generation order, with attention across
+documents and real data mixed in is the pipeline's own `stitched` run."""
+
+
 @dataclass
 class PipelineConfig:
     """One run of the whole method over one corpus."""
@@ -177,6 +275,13 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     eval: EvalStage = field(default_factory=EvalStage)
     slurm: SlurmStage = field(default_factory=SlurmStage)
+    data_budgets: DataBudgets = field(default_factory=DataBudgets)
+    """Real-only runs at more real-token budgets, for the real-only data law."""
+    seeds: list[int] | None = None
+    """Train every run once with each seed (None: train.seed once); the report averages repeats and bootstraps
+    data efficiency over them."""
+    ablations: list[str] = field(default_factory=list)
+    """Ablation presets to run (ABLATIONS), each under method names of its own."""
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -197,6 +302,18 @@ class PipelineConfig:
         for key, value in positive.items():
             if value < 1:
                 raise MegadocError(f"{key}: {value} must be >= 1")
+        for variant in self.variants:
+            if variant.stream and self.generate.generations(GENERATION_OF[variant.stream]) is None:
+                raise MegadocError(f"ablations: {variant.name} needs {GENERATION_OF[variant.stream]}s, but "
+                                   f"generate.{GENERATION_OF[variant.stream]}s is null")
+        for key, seeds in (("seeds", self.seeds), ("data_budgets.seeds", self.data_budgets.seeds)):
+            if seeds is not None and (not seeds or len(set(seeds)) < len(seeds)):
+                raise MegadocError(f"{key}: {seeds} must be distinct seeds, at least one")
+
+    @property
+    def variants(self) -> list[Variant]:
+        """Every ablation run, in the order the presets are listed."""
+        return [variant for name in self.ablations for variant in ablation_variants(name, self.methods)]
 
     @property
     def seq_length(self) -> int:
@@ -347,6 +464,11 @@ class Paths:
     def run(self, name: str) -> Path:
         return self.root / "runs" / name
 
+    @staticmethod
+    def budget_tokens(label: str) -> str:
+        """The token prefix name of a data budget's real documents."""
+        return f"budget-{label}"
+
     @property
     def registry(self) -> str:
         return str(self.root / "runs.csv")
@@ -369,19 +491,27 @@ class Paths:
 def _split_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     s = config.split
     tokenizer = tokenizer_flags(config.tokenizer)
+    short = (["--short-docs", str(s.short_docs), "--short-max-tokens",
+              str(s.short_max_tokens or config.seq_length // 4)] if s.short_docs else [])
+    budgets = [budget.label for budget in config.data_budgets.budgets]
     split = Step("split", [["split", "--input", *config.corpus, "--json-keys", config.json_key,
                             "--output-dir", str(paths.split), "--iid-docs", str(s.iid_docs), "--long-docs",
                             str(s.long_docs), "--long-min-tokens", str(s.long_min_tokens or config.seq_length + 1),
-                            "--seed", str(s.seed), *tokenizer]])
-    tokenize = [["tokenize", "--input", str(paths.split / f"{name}.jsonl"), "--output-prefix", paths.tokens(name),
-                 "--append-eod", "--no-progress", *tokenizer] for name in ("train", "valid_iid", "valid_long")]
+                            *short, *(["--budgets", *budgets] if budgets else []), "--seed", str(s.seed),
+                            *tokenizer]])
+    files = {name: paths.split / f"{name}.jsonl" for name in ("train", "valid_iid", "valid_long")}
+    if s.short_docs:
+        files["valid_short"] = paths.split / "valid_short.jsonl"
+    files.update({paths.budget_tokens(label): paths.split / "budgets" / f"{label}.jsonl" for label in budgets})
+    tokenize = [["tokenize", "--input", str(source), "--output-prefix", paths.tokens(name), "--append-eod",
+                 "--no-progress", *tokenizer] for name, source in files.items()]
     return [split, Step("tokenize", tokenize, after=("split",))]
 
 
 def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     g = config.generate
     steps = []
-    for kind in sorted({GENERATION_OF[m] for m in config.methods}):
+    for kind in sorted({GENERATION_OF[method] for method, _ in _streams(config).values()}):
         command = ["generate", kind, "--input", str(paths.split / "train.jsonl"), "--json-keys", config.json_key,
                    "--output", paths.generations(kind), "-G", str(g.generations(kind)),
                    "--max-tokens", str(g.max_tokens(kind)), "--num-shards", str(g.num_shards),
@@ -391,35 +521,102 @@ def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     return steps
 
 
+def _streams(config: PipelineConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every synthetic stream to assemble: token prefix name -> (assemble method, its extra flags)."""
+    streams = {method: (method, ()) for method in config.methods}
+    for variant in config.variants:
+        if variant.stream:
+            streams.setdefault(variant.tokens, (variant.stream, variant.assemble))
+    return streams
+
+
 def _assemble_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
-    return [Step(f"assemble-{method}",
+    return [Step(f"assemble-{name}",
                  [["assemble", "--method", method, "--input", str(paths.split / "train.jsonl"),
                    "--json-keys", config.json_key, "--generations", paths.generations(GENERATION_OF[method]),
-                   "--output-prefix", paths.tokens(method), "--seed", str(config.train.seed),
+                   "--output-prefix", paths.tokens(name), "--seed", str(config.train.seed), *flags,
                    *tokenizer_flags(config.tokenizer)]],
                  after=(f"generate-{GENERATION_OF[method]}",))
-            for method in config.methods]
+            for name, (method, flags) in _streams(config).items()]
 
 
-def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
+@dataclass(frozen=True)
+class Training:
+    """One training run of the pipeline (and its evaluation)."""
+
+    key: str
+    """Its step names (train-<key>, eval-<key>) and run folder: <method>[-b<budget>][-seed<N>]."""
+    method: str
+    """Its method name in the registry."""
+    seed: int
+    budget: DataBudget | None = None
+    """The data budget of a real-only law point (None: the full real training split)."""
+    variant: Variant | None = None
+    """The ablation it runs (None: a method of `methods`, or real only)."""
+
+    @property
+    def stream(self) -> str | None:
+        """The assemble method of its synthetic stream (None: real data only)."""
+        if self.variant is not None:
+            return self.variant.stream
+        return None if self.method == REAL_ONLY else self.method
+
+    @property
+    def tokens(self) -> str:
+        """The token prefix name of its synthetic stream."""
+        return self.variant.tokens if self.variant is not None else self.method
+
+
+def trainings(config: PipelineConfig) -> list[Training]:
+    """Real only (every budget, each with the data law's seeds), then each method and ablation (each seed)."""
+    seeds = config.seeds or [config.train.seed]
+    real_seeds = config.data_budgets.seeds or seeds
+
+    def repeat(name: str, seeds: list[int], **fields) -> list[Training]:
+        return [Training(name if seed == seeds[0] else f"{name}-seed{seed}", seed=seed, **fields) for seed in seeds]
+
+    runs = repeat(REAL_ONLY, real_seeds, method=REAL_ONLY)
+    for budget in config.data_budgets.budgets:
+        runs += repeat(f"{REAL_ONLY}-b{budget.label}", real_seeds, method=REAL_ONLY, budget=budget)
+    for method in config.methods:
+        runs += repeat(method, seeds, method=method)
+    for variant in config.variants:
+        runs += repeat(variant.name, seeds, method=variant.name, variant=variant)
+    return runs
+
+
+def _train_command(config: PipelineConfig, paths: Paths, run: Training) -> list[str]:
     t = config.train
-    save = str(paths.run(method))
+    save = str(paths.run(run.key))
     command = ["train", "--recipe", t.recipe, "--seq-length", str(config.seq_length),
-               "--real-path", paths.tokens("train"), "--global-batch-size", str(t.global_batch_size),
-               "--micro-batch-size", str(t.micro_batch_size), "--lr", str(t.lr),
+               "--global-batch-size", str(t.global_batch_size), "--micro-batch-size", str(t.micro_batch_size),
                "--tensor-model-parallel-size", str(t.tensor_model_parallel_size),
-               "--pipeline-model-parallel-size", str(t.pipeline_model_parallel_size), "--seed", str(t.seed),
+               "--pipeline-model-parallel-size", str(t.pipeline_model_parallel_size), "--seed", str(run.seed),
                "--save", save, "--load", save, *tokenizer_flags(config.tokenizer),
-               "--registry", paths.registry, "--method", method]
-    if method == REAL_ONLY:
-        wd = t.real_only_weight_decay if t.real_only_weight_decay is not None else t.weight_decay
-        command += ["--real-epochs", f"{t.real_only_epochs:g}", "--weight-decay", str(wd)]
+               "--registry", paths.registry, "--method", run.method]
+    base_steps = t.base_steps
+    if run.stream is None:
+        budget = run.budget or DataBudget(1.0)
+        real = paths.tokens(paths.budget_tokens(budget.label) if run.budget else "train")
+        wd = next(v for v in (budget.weight_decay, t.real_only_weight_decay, t.weight_decay) if v is not None)
+        epochs = budget.real_epochs if budget.real_epochs is not None else t.real_only_epochs
+        command += ["--real-path", real, "--real-epochs", f"{epochs:g}", "--lr", str(budget.lr or t.lr),
+                    "--weight-decay", str(wd)]
+        base_steps = None if run.budget else base_steps  # a budget is its whole subset, whatever caps the full split
     else:
-        command += ["--real-epochs", f"{t.real_epochs:g}", "--weight-decay", str(t.weight_decay),
-                    "--synthetic-path", paths.tokens(method), "--synthetic-fraction", f"{t.synthetic_fraction:g}",
-                    "--generations", str(config.generate.generations(GENERATION_OF[method]))]
-    if t.base_steps:
-        command += ["--base-steps", str(t.base_steps)]
+        generations = str(config.generate.generations(GENERATION_OF[run.stream]))
+        command += ["--lr", str(t.lr), "--weight-decay", str(t.weight_decay), "--real-epochs", f"{t.real_epochs:g}",
+                    "--generations", generations]
+        if run.variant is not None and run.variant.no_real_data:
+            command += ["--real-path", paths.tokens(run.tokens), "--real-tokens-from", paths.tokens("train")]
+            base_steps = None  # E passes over the stream itself
+        else:
+            command += ["--real-path", paths.tokens("train"), "--synthetic-path", paths.tokens(run.tokens),
+                        "--synthetic-fraction", f"{t.synthetic_fraction:g}"]
+    if run.variant is not None and run.variant.block_cross_document_attention:
+        command.append("--block-cross-document-attention")
+    if base_steps:
+        command += ["--base-steps", str(base_steps)]
     if t.save_interval:
         command += ["--save-interval", str(t.save_interval)]
     return command
@@ -427,25 +624,26 @@ def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[st
 
 def _train_eval_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     steps = []
-    for method in [REAL_ONLY, *config.methods]:
-        after = ("tokenize",) if method == REAL_ONLY else ("tokenize", f"assemble-{method}")
-        steps.append(Step(f"train-{method}", [_train_command(config, paths, method)], "train", after=after))
-        evaluate = ["eval", "--load", str(paths.run(method)), "--valid-path", paths.tokens("valid_iid"),
-                    "--long-valid-path", paths.tokens("valid_long"),
-                    "--output-dir", str(paths.run(method) / "eval"),
+    short = ["--short-valid-path", paths.tokens("valid_short")] if config.split.short_docs else []
+    for run in trainings(config):
+        after = ("tokenize",) if run.stream is None else ("tokenize", f"assemble-{run.tokens}")
+        steps.append(Step(f"train-{run.key}", [_train_command(config, paths, run)], "train", after=after))
+        evaluate = ["eval", "--load", str(paths.run(run.key)), "--valid-path", paths.tokens("valid_iid"),
+                    "--long-valid-path", paths.tokens("valid_long"), *short,
+                    "--output-dir", str(paths.run(run.key) / "eval"),
                     "--micro-batch-size", str(config.eval.micro_batch_size),
                     "--bucket-size", str(config.eval.bucket_size),
                     "--tensor-model-parallel-size", str(config.train.tensor_model_parallel_size),
                     "--pipeline-model-parallel-size", str(config.train.pipeline_model_parallel_size),
                     "--registry", paths.registry]
-        steps.append(Step(f"eval-{method}", [evaluate], "eval", after=(f"train-{method}",)))
+        steps.append(Step(f"eval-{run.key}", [evaluate], "eval", after=(f"train-{run.key}",)))
     return steps
 
 
 def steps(config: PipelineConfig) -> list[Step]:
     """Every step of the pipeline, each after the steps it needs (a topological order)."""
     paths = Paths(Path(config.work_dir))
-    evals = tuple(f"eval-{m}" for m in [REAL_ONLY, *config.methods])
+    evals = tuple(f"eval-{run.key}" for run in trainings(config))
     report = Step("report", [["report", "--registry", paths.registry, "--output-dir", paths.report]], after=evals)
     return [*_split_steps(config, paths), *_generate_steps(config, paths), *_assemble_steps(config, paths),
             *_train_eval_steps(config, paths), report]
