@@ -106,7 +106,8 @@ def analyse(config: EfficiencyConfig) -> Analysis:
         rows.append({"method": method, "generations": G, "real_tokens": real_tokens, "run": run.run,
                      "loss": result.loss, "loss_sd": result.spread, "seeds": len(result.runs),
                      "data_efficiency": round(values[group], 4) if math.isfinite(values[group]) else math.inf,
-                     "de_low": None if low is None else round(low, 4), "de_high": None if high is None else round(high, 4),
+                     "de_low": None if low is None else round(low, 4),
+                     "de_high": None if high is None else round(high, 4),
                      "certified": isinstance(certificate, Certificate) and certificate.certified,
                      **{axis: f"{value:g}" for axis, value in config_of(run).items()}})
         certificates.append(certificate)

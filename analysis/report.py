@@ -13,7 +13,6 @@ budgets and no --alpha/--asymptote), the report says why and draws the rest.
 """
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -142,7 +142,8 @@ def open_prefix(prefix: str, vocab_size: int, tokenizer=None):
     return IndexedDataset(prefix, multimodal=False)
 
 
-def packed_windows(indexed, prefix: str, seq_length: int, vocab_size: int, block_cross_document_attention: bool = False):
+def packed_windows(indexed, prefix: str, seq_length: int, vocab_size: int,
+                   block_cross_document_attention: bool = False):
     """Every seq_length window of the prefix once, packed as training packs (one GPTDataset epoch); with blocked
     cross-document attention each window carries its attention mask."""
     from megadoc_data.datasets import VocabOnlyTokenizer, single_prefix_dataset

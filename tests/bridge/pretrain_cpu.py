@@ -10,8 +10,8 @@ local layer spec, fp32, gloo, no fused kernels.
 Everything else is the product: the recipe factory, `apply_overrides`, the megadoc DatasetProvider, Bridge's
 `pretrain` and `gpt_step.forward_step`.
 
-Writes DIR/steps-rank<R>.jsonl (consumed samples, loss, lr, grad norm, each parameter group's weight decay) on ranks that compute the loss, and
-DIR/datasets.json (per-stream sample counts the provider built) on rank 0.
+Writes DIR/steps-rank<R>.jsonl (consumed samples, loss, lr, grad norm, each parameter group's weight decay) on ranks
+that compute the loss, and DIR/datasets.json (per-stream sample counts the provider built) on rank 0.
 """
 
 import argparse
