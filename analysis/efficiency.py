@@ -71,7 +71,8 @@ def efficiency_text(row: dict) -> str:
     value = row["data_efficiency"]
     if math.isinf(value):
         return "beyond the law (loss below its asymptote)"
-    interval = f" [{row['de_low']:.2f}, {row['de_high']:.2f}]" if row.get("de_low") is not None else ""
+    interval = (f" [{row['de_low']:.2f}, " + (f"{row['de_high']:.2f}]" if math.isfinite(row["de_high"]) else "inf]")
+                if row.get("de_low") is not None else "")
     return f"{value:.2f}x{interval}"
 
 
@@ -87,12 +88,7 @@ def analyse(config: EfficiencyConfig) -> Analysis:
     real = [(group[2], result) for group, result in best.items() if group[0] == REAL_ONLY]
     r2 = None if config.anchored else r_squared(law, [d for d, _ in real], [result.loss for _, result in real])
     intervals, resamples = bootstrap_efficiency(runs, config.loss_key, config.alpha, config.asymptote)
-    values = {}
-    for group, loss in points.items():
-        try:
-            values.update(efficiencies({group: loss}, law))
-        except MegadocError:  # below the asymptote: no amount of real data reaches it
-            values[group] = math.inf
+    values = efficiencies(points, law)
     rows, certificates = [], []
     for group, result in best.items():
         method, G, real_tokens = group

@@ -20,6 +20,7 @@ again, the law refitted and every efficiency recomputed; the interval is the 2.5
 seed per configuration there is nothing to resample and no interval.
 """
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -242,15 +243,17 @@ def real_only_law(points: dict[Group, float], alpha: float | None, asymptote: fl
 
 
 def efficiencies(points: dict[Group, float], law: PowerLaw) -> dict[Group, float]:
-    """Data efficiency of each group's loss: real tokens the law needs for it, per real token the group used."""
-    return {group: data_efficiency(law, loss, group[2]) for group, loss in points.items()}
+    """Data efficiency of each group's loss: real tokens the law needs for it, per real token the group used;
+    infinite for a loss at or below the law's asymptote (no amount of real data reaches it)."""
+    return {group: data_efficiency(law, loss, group[2]) if loss > law.C else math.inf
+            for group, loss in points.items()}
 
 
 def bootstrap_efficiency(runs: list[RunRecord], loss_key: str, alpha: float | None, asymptote: float | None,
                          resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[dict[Group, tuple], int]:
     """(group -> (low, high) data-efficiency interval, resamples kept) by a bootstrap over seeds; ({}, 0) when no
-    configuration has two seeds. A resample whose law does not fit, or puts a loss out of the law's reach, is left
-    out (the count says how many were kept)."""
+    configuration has two seeds. A resample whose law does not fit is left out (the count says how many were kept);
+    one that puts a loss beyond the law's reach counts as an infinite efficiency."""
     results = repeats(runs, loss_key)
     if not any(len(result.runs) > 1 for result in results):
         return {}, 0

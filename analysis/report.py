@@ -112,7 +112,9 @@ def write_report(config: ReportConfig) -> Path:
     efficiency, law_lines = _law_section(config, out, tokens)
     lines = [f"# megadoc report: {Path(config.registry).name}", "",
              f"{len(registered)} runs registered; best configuration per (method, G) at {tokens} real tokens, by "
-             "i.i.d. loss averaged over its seeds (+/- their standard deviation).", "",
+             "i.i.d. loss averaged over its seeds (+/- their standard deviation). Data efficiency: the real tokens "
+             "the real-only law needs to reach a run's loss, per real token the run used (the real-only row's own "
+             "value says where its point lies against the fitted law: 1.00x on it).", "",
              *_table(best, efficiency), "", *law_lines, *parameter_lines(parameter_laws(registered, "iid_loss"))]
     for key in LOSS_KEYS:
         name = f"loss_vs_G_{key.removesuffix('_loss')}.png"

@@ -190,24 +190,37 @@ class DataBudget:
 class DataBudgets:
     """Real-only runs at several real-token budgets: with the full split, the points the real-only data law
     L(D) = A / D^alpha + C is fitted to (>= 4 in all), so each method's data efficiency comes from this pipeline's own
-    runs."""
+    runs. With `methods` the methods see only a subset of the real split, and the law's larger budgets reach the
+    real data a method is worth (Kim et al. 2025 fit their law over 1x to 8x the data the methods saw), so a data
+    efficiency above 1 is read off the law instead of extrapolated beyond it."""
 
     budgets: list[Any] = field(default_factory=list)
     """Budgets besides the full split (which always runs): numbers (a fraction <= 1 or a token count > 1), or
     mappings {budget, real_epochs, lr, weight_decay} with that budget's tuned settings."""
+    methods: float | None = None
+    """The budget the methods use (their generations, streams and real data come from that subset; it also runs
+    real only); None: the full split."""
     seeds: list[int] | None = None
-    """Seeds of every real-only run, the full split's included (None: the pipeline's `seeds`): small budgets are
-    cheap, and their repeats carry the law's uncertainty into the data-efficiency intervals."""
+    """Seeds of the real-only runs at the budgets (None: the pipeline's `seeds`; the full split's real-only run has
+    the pipeline's): small budgets are cheap, and their repeats carry the law's uncertainty into the data-efficiency
+    intervals."""
 
     def __post_init__(self):
         self.budgets = [budget if isinstance(budget, DataBudget) else
                         _build(DataBudget, budget if isinstance(budget, dict) else {"budget": budget},
                                f"data_budgets.budgets[{i}]") for i, budget in enumerate(self.budgets)]
+        if self.methods is not None and self.methods not in [budget.budget for budget in self.budgets]:
+            self.budgets.append(DataBudget(self.methods))
         labels = [budget.label for budget in self.budgets]
         if any(not budget.budget > 0 or budget.budget == 1 for budget in self.budgets) or \
                 len(set(labels)) < len(labels):
-            raise MegadocError(f"data_budgets.budgets: {', '.join(labels)} must be distinct, > 0 and not 1 (the "
+            raise MegadocError(f"data_budgets: budgets {', '.join(labels)} must be distinct, > 0 and not 1 (the "
                                "full split always runs)")
+
+    @property
+    def methods_label(self) -> str | None:
+        """The label of the methods' budget (None: the full split)."""
+        return None if self.methods is None else DataBudget(self.methods).label
 
 
 @dataclass(frozen=True)
@@ -469,6 +482,15 @@ class Paths:
         """The token prefix name of a data budget's real documents."""
         return f"budget-{label}"
 
+    def methods_split(self, config: "PipelineConfig") -> Path:
+        """The real documents the methods generate from and train on: the split's training set or a budget of it."""
+        label = config.data_budgets.methods_label
+        return self.split / "train.jsonl" if label is None else self.split / "budgets" / f"{label}.jsonl"
+
+    def methods_tokens(self, config: "PipelineConfig") -> str:
+        label = config.data_budgets.methods_label
+        return self.tokens("train" if label is None else self.budget_tokens(label))
+
     @property
     def registry(self) -> str:
         return str(self.root / "runs.csv")
@@ -512,7 +534,7 @@ def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     g = config.generate
     steps = []
     for kind in sorted({GENERATION_OF[method] for method, _ in _streams(config).values()}):
-        command = ["generate", kind, "--input", str(paths.split / "train.jsonl"), "--json-keys", config.json_key,
+        command = ["generate", kind, "--input", str(paths.methods_split(config)), "--json-keys", config.json_key,
                    "--output", paths.generations(kind), "-G", str(g.generations(kind)),
                    "--max-tokens", str(g.max_tokens(kind)), "--num-shards", str(g.num_shards),
                    "--chunk-docs", str(g.chunk_docs), "--exclude-ids", str(paths.split / "validation_ids.txt"),
@@ -532,7 +554,7 @@ def _streams(config: PipelineConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def _assemble_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     return [Step(f"assemble-{name}",
-                 [["assemble", "--method", method, "--input", str(paths.split / "train.jsonl"),
+                 [["assemble", "--method", method, "--input", str(paths.methods_split(config)),
                    "--json-keys", config.json_key, "--generations", paths.generations(GENERATION_OF[method]),
                    "--output-prefix", paths.tokens(name), "--seed", str(config.train.seed), *flags,
                    *tokenizer_flags(config.tokenizer)]],
@@ -568,14 +590,15 @@ class Training:
 
 
 def trainings(config: PipelineConfig) -> list[Training]:
-    """Real only (every budget, each with the data law's seeds), then each method and ablation (each seed)."""
+    """Real only (the full split, then every budget with the data law's seeds), then each method and ablation
+    (each seed)."""
     seeds = config.seeds or [config.train.seed]
     real_seeds = config.data_budgets.seeds or seeds
 
     def repeat(name: str, seeds: list[int], **fields) -> list[Training]:
         return [Training(name if seed == seeds[0] else f"{name}-seed{seed}", seed=seed, **fields) for seed in seeds]
 
-    runs = repeat(REAL_ONLY, real_seeds, method=REAL_ONLY)
+    runs = repeat(REAL_ONLY, seeds, method=REAL_ONLY)
     for budget in config.data_budgets.budgets:
         runs += repeat(f"{REAL_ONLY}-b{budget.label}", real_seeds, method=REAL_ONLY, budget=budget)
     for method in config.methods:
@@ -595,9 +618,10 @@ def _train_command(config: PipelineConfig, paths: Paths, run: Training) -> list[
                "--save", save, "--load", save, *tokenizer_flags(config.tokenizer),
                "--registry", paths.registry, "--method", run.method]
     base_steps = t.base_steps
-    if run.stream is None:
+    if run.stream is None:  # real only: at a budget, an ablation at the methods' budget, or the full split
         budget = run.budget or DataBudget(1.0)
-        real = paths.tokens(paths.budget_tokens(budget.label) if run.budget else "train")
+        real = (paths.tokens(paths.budget_tokens(budget.label)) if run.budget else
+                paths.methods_tokens(config) if run.variant else paths.tokens("train"))
         wd = next(v for v in (budget.weight_decay, t.real_only_weight_decay, t.weight_decay) if v is not None)
         epochs = budget.real_epochs if budget.real_epochs is not None else t.real_only_epochs
         command += ["--real-path", real, "--real-epochs", f"{epochs:g}", "--lr", str(budget.lr or t.lr),
@@ -608,10 +632,10 @@ def _train_command(config: PipelineConfig, paths: Paths, run: Training) -> list[
         command += ["--lr", str(t.lr), "--weight-decay", str(t.weight_decay), "--real-epochs", f"{t.real_epochs:g}",
                     "--generations", generations]
         if run.variant is not None and run.variant.no_real_data:
-            command += ["--real-path", paths.tokens(run.tokens), "--real-tokens-from", paths.tokens("train")]
+            command += ["--real-path", paths.tokens(run.tokens), "--real-tokens-from", paths.methods_tokens(config)]
             base_steps = None  # E passes over the stream itself
         else:
-            command += ["--real-path", paths.tokens("train"), "--synthetic-path", paths.tokens(run.tokens),
+            command += ["--real-path", paths.methods_tokens(config), "--synthetic-path", paths.tokens(run.tokens),
                         "--synthetic-fraction", f"{t.synthetic_fraction:g}"]
     if run.variant is not None and run.variant.block_cross_document_attention:
         command.append("--block-cross-document-attention")

@@ -91,7 +91,7 @@ def test_data_budgets_seeds_and_ablations_become_runs(tmp_path):
     tokenized = {args.output_prefix.rsplit("/", 1)[1] for args in parsed["tokenize"]}
     assert tokenized == {"train", "valid_iid", "valid_long", "valid_short", "budget-0.25", "budget-0.5"}
     train = {name.removeprefix("train-"): args[0] for name, args in parsed.items() if name.startswith("train-")}
-    real = [f"real{b}{s}" for b in ("", "-b0.25", "-b0.5") for s in ("", "-seed2", "-seed3")]
+    real = ["real", "real-seed2"] + [f"real{b}{s}" for b in ("-b0.25", "-b0.5") for s in ("", "-seed2", "-seed3")]
     ablations = ["stitched-real-first", "stitched-no-real-copy", "simple-no-real-copy", "stitched-random-order",
                  "real-blocked-attention", "simple-blocked-attention", "stitched-blocked-attention",
                  "stitched-no-real-data"]
@@ -132,3 +132,23 @@ def test_data_budgets_seeds_and_ablations_become_runs(tmp_path):
 def test_bad_experiments_fail_in_one_line(tmp_path, change, words):
     with pytest.raises(MegadocError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_pipeline(_write(tmp_path, {**FULL, **change}))
+
+
+def test_methods_on_a_budget_and_the_law_beyond_it(tmp_path):
+    """data_budgets.methods: generation, assembly and the methods' real stream come from that budget (which also
+    runs real only), while the law's larger budgets and the full split reach past it."""
+    config = load_pipeline(_write(tmp_path, {**FULL, "methods": ["stitched"], "ablations": ["no-real-data",
+                                                                                           "block-cross-document-attention"],
+                                             "data_budgets": {"budgets": [0.5, 0.1], "methods": 0.25}}))
+    parsed = {step.name: [build_parser(c[0]).parse_args(c[1:] + (["--shard-index", "0"] if step.array else []))
+                          for c in step.commands] for step in steps(config)}
+    assert sorted(parsed["split"][0].budgets) == [0.1, 0.25, 0.5]
+    assert parsed["generate-rephrase"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
+    assert parsed["assemble-stitched"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
+    budget = str(tmp_path / "work/tokens/budget-0.25")
+    assert parsed["train-stitched"][0].real_path == budget == parsed["train-real-b0.25"][0].real_path
+    assert parsed["train-stitched-no-real-data"][0].real_tokens_from == budget
+    assert parsed["train-real-blocked-attention"][0].real_path == budget
+    assert parsed["train-real"][0].real_path == str(tmp_path / "work/tokens/train")
+    assert {name for name in parsed if name.startswith("train-real-b") and name[12].isdigit()} == \
+        {"train-real-b0.1", "train-real-b0.25", "train-real-b0.5"}
