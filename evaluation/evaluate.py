@@ -249,8 +249,8 @@ def loss_by_position(model, windows, seq_length: int, micro_batch_size: int, des
     accumulator = LossAccumulator(seq_length, len(windows) if keep_windows else None)
     positions = np.tile(np.arange(seq_length), micro_batch_size)
     bar = tqdm(total=sum(i >= 0 for b in batches for i in b), desc=desc, unit="window", disable=not progress)
-    for start in range(0, len(batches), MICROBATCHES_PER_CALL):
-        chunk = batches[start:start + MICROBATCHES_PER_CALL]
+    for first in range(0, len(batches), MICROBATCHES_PER_CALL):
+        chunk = batches[first:first + MICROBATCHES_PER_CALL]
         with torch.no_grad():
             outputs = get_forward_backward_func()(
                 forward_step_func=_forward_step, data_iterator=(_batch(windows, b) for b in chunk), model=[model],

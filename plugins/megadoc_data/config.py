@@ -58,14 +58,14 @@ class MegadocBlendConfig:
     force: bool = False
     """Accept a plan of more than MAX_TRAIN_ITERS steps."""
 
-    @property
-    def real_prefixes(self) -> list[str]:
-        return [self.real_prefix] if isinstance(self.real_prefix, str) else list(self.real_prefix)
-
     block_cross_document_attention: bool = False
     """Attend only within a document (Megatron's reset_attention_mask at each EOD, and reset_position_ids); False,
     the paper's setting for every run, lets a packed sequence attend across document boundaries (its ablation
     blocks it)."""
+
+    @property
+    def real_prefixes(self) -> list[str]:
+        return [self.real_prefix] if isinstance(self.real_prefix, str) else list(self.real_prefix)
 
     def __post_init__(self):
         if not self.real_prefix or not all(self.real_prefixes):
