@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="megatron,analysis,generate"
+extras="megatron,analysis,generate,evaluation"
 bridge=""
 for arg in "$@"; do
   case "$arg" in

@@ -27,7 +27,8 @@ class Certificate:
     best: RunRecord
     """The group's lowest-loss run."""
     neighbours: list[tuple[dict, float | None]] = field(default_factory=list)
-    """Each +/-1 step neighbour (a config dict) with its loss, or None when it has no evaluated run yet."""
+    """Each +/-1 step neighbour (a config dict) with its loss (mean over its seeds), or None when it has no evaluated
+    run yet."""
     to_run: list[dict] = field(default_factory=list)
     """Neighbours absent from the registry (those registered but unevaluated are pending, not to run)."""
     edges: list[str] = field(default_factory=list)
@@ -69,9 +70,9 @@ def certify(group: list[RunRecord], best: RunRecord, loss_key: str,
             certificate.edges.append(axis)
         for step in steps:
             neighbour = {**centre, axis: grids[axis][step]}
-            matches = [run for run in group if _same(config_of(run), neighbour)]
+            matches = [run for run in group if run.members == 1 and _same(config_of(run), neighbour)]
             losses = [getattr(run, loss_key) for run in matches if getattr(run, loss_key) is not None]
-            certificate.neighbours.append((neighbour, min(losses) if losses else None))
+            certificate.neighbours.append((neighbour, sum(losses) / len(losses) if losses else None))  # seed mean
             if not matches:
                 certificate.to_run.append(neighbour)
     return certificate

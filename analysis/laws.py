@@ -9,10 +9,18 @@ the real-only run at D_real, which is how an anchored law (below) is built.
 The law is fitted when real-only runs exist at >= 4 real-token budgets (3 parameters plus one point, so the
 residual says something). With fewer, pass `--alpha` and `--asymptote` (the paper's reverse-engineered values are
 0.235 and 1.93) and A is anchored at the best real-only run. Loss-vs-parameters fits (the paper's asymptote fits,
-N in billions) are made for every (method, G, real tokens) group run at >= 4 model sizes. Everything else compares
-runs of one model size.
+N in billions) are made for every (method, G, real tokens) group run at >= 4 model sizes, and loss-vs-K fits (the
+paper's ensemble asymptotes) for every configuration evaluated as ensembles of >= 4 sizes K. Everything else
+compares runs of one model size.
+
+Runs that differ only in their seed are repeats of one configuration: a configuration's loss is the mean over its
+seeds, and each group's best configuration is the one of lowest mean. Data efficiency's confidence interval is a
+bootstrap over seeds: each configuration's seeds are resampled with replacement, the best configurations chosen
+again, the law refitted and every efficiency recomputed; the interval is the 2.5th to 97.5th percentile. With one
+seed per configuration there is nothing to resample and no interval.
 """
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -95,20 +103,71 @@ def data_efficiency(law: PowerLaw, loss: float, real_tokens: float) -> float:
 
 
 Group = tuple[str, int, int]  # (method, generations G, real_tokens)
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+
+def group_of(run: RunRecord) -> Group:
+    return run.method, run.generations, run.real_tokens
+
+
+@dataclass(frozen=True)
+class Result:
+    """One configuration's evaluated repeats (its seeds): the unit runs are compared by."""
+
+    runs: tuple[RunRecord, ...]
+    """The repeats, in registry order."""
+    loss_key: str
+    """The registry column compared."""
+
+    @property
+    def run(self) -> RunRecord:
+        """The configuration's first repeat (its name, hyperparameters, curve)."""
+        return self.runs[0]
+
+    @property
+    def losses(self) -> list[float]:
+        return [getattr(run, self.loss_key) for run in self.runs]
+
+    @property
+    def loss(self) -> float:
+        """Mean over the seeds."""
+        return float(np.mean(self.losses))
+
+    @property
+    def spread(self) -> float | None:
+        """Standard deviation over the seeds (None with one)."""
+        return float(np.std(self.losses, ddof=1)) if len(self.runs) > 1 else None
 
 
 def evaluated(runs: list[RunRecord], loss_key: str) -> list[RunRecord]:
     return [run for run in runs if getattr(run, loss_key) is not None]
 
 
-def best_runs(runs: list[RunRecord], loss_key: str) -> dict[Group, RunRecord]:
-    """The lowest-loss evaluated run of each (method, G, real tokens) group, groups sorted."""
-    best: dict[Group, RunRecord] = {}
+def repeats(runs: list[RunRecord], loss_key: str) -> list[Result]:
+    """The evaluated single-model runs (ensembles apart) grouped by configuration."""
+    by_config: dict[tuple, list[RunRecord]] = {}
     for run in evaluated(runs, loss_key):
-        key = (run.method, run.generations, run.real_tokens)
-        if key not in best or getattr(run, loss_key) < getattr(best[key], loss_key):
-            best[key] = run
-    return dict(sorted(best.items()))
+        if run.members == 1:
+            by_config.setdefault(run.configuration(), []).append(run)
+    return [Result(tuple(group), loss_key) for group in by_config.values()]
+
+
+def _best(results: list[Result], losses: list[float]) -> dict[Group, int]:
+    """Index of each group's lowest-loss result."""
+    best: dict[Group, int] = {}
+    for index, result in enumerate(results):
+        group = group_of(result.run)
+        if group not in best or losses[index] < losses[best[group]]:
+            best[group] = index
+    return best
+
+
+def best_runs(runs: list[RunRecord], loss_key: str) -> dict[Group, Result]:
+    """The lowest-mean-loss configuration of each (method, G, real tokens) group, groups sorted."""
+    results = repeats(runs, loss_key)
+    best = _best(results, [result.loss for result in results])
+    return {group: results[index] for group, index in sorted(best.items())}
 
 
 def one_size(runs: list[RunRecord], params: int | None) -> list[RunRecord]:
@@ -124,36 +183,93 @@ def one_size(runs: list[RunRecord], params: int | None) -> list[RunRecord]:
     return runs
 
 
-def parameter_laws(runs: list[RunRecord], loss_key: str) -> list[dict]:
-    """L(N) = A / N^alpha + C (N in billions) for each (method, G, real tokens) group run at >= 4 model sizes."""
-    by_size: dict[Group, dict[int, float]] = {}
-    for run in evaluated(runs, loss_key):
-        if run.params:
-            sizes = by_size.setdefault((run.method, run.generations, run.real_tokens), {})
-            sizes[run.params] = min(sizes.get(run.params, np.inf), getattr(run, loss_key))
+def _fit_rows(groups: dict[tuple, dict[float, float]], x_of, label: str) -> list[dict]:
+    """A power law through each group's {x: loss} points with >= 4 of them, one row per group (its key's fields,
+    the point count under `label`, A, alpha, C); a group that does not fit says why."""
     laws = []
-    for (method, G, real_tokens), sizes in sorted(by_size.items()):
-        if len(sizes) < MIN_FIT_POINTS:
+    for key, points in sorted(groups.items()):
+        if len(points) < MIN_FIT_POINTS:
             continue
-        row = {"method": method, "generations": G, "real_tokens": real_tokens, "sizes": len(sizes)}
+        row = {**dict(key), label: len(points)}
         try:
-            row.update(asdict(fit_power_law(np.array(list(sizes)) / 1e9, list(sizes.values()))))
+            row.update(asdict(fit_power_law([x_of(x) for x in points], list(points.values()))))
         except MegadocError as error:  # one group that does not fit should not hide the others
             row["error"] = str(error)
         laws.append(row)
     return laws
 
 
-def real_only_law(best: dict[Group, RunRecord], loss_key: str, alpha: float | None,
-                  asymptote: float | None) -> PowerLaw:
-    """The real-only data-scaling law: fitted over real-token budgets, or anchored when alpha and C are given."""
-    real = [run for (method, _, _), run in best.items() if method == REAL_ONLY]
+def parameter_laws(runs: list[RunRecord], loss_key: str) -> list[dict]:
+    """L(N) = A / N^alpha + C (N in billions) for each (method, G, real tokens) group run at >= 4 model sizes."""
+    by_size: dict[tuple, dict[int, float]] = {}
+    for result in repeats(runs, loss_key):
+        run = result.run
+        if run.params:
+            key = (("method", run.method), ("generations", run.generations), ("real_tokens", run.real_tokens))
+            sizes = by_size.setdefault(key, {})
+            sizes[run.params] = min(sizes.get(run.params, np.inf), result.loss)
+    return _fit_rows(by_size, lambda n: n / 1e9, "sizes")
+
+
+def ensemble_laws(runs: list[RunRecord], loss_key: str) -> list[dict]:
+    """L(K) = A / K^alpha + C for each configuration evaluated at >= 4 ensemble sizes K (K = 1: the mean over its
+    single runs, every other K the mean over its ensembles); C is the K -> infinity asymptote the paper reports."""
+    by_config: dict[tuple, dict[int, list[float]]] = {}
+    names: dict[tuple, str] = {}
+    for run in evaluated(runs, loss_key):
+        config = run.configuration()
+        by_config.setdefault(config, {}).setdefault(run.members, []).append(getattr(run, loss_key))
+        if run.members == 1:
+            names.setdefault(config, run.run)
+    groups = {(("method", config[0]), ("generations", config[1]), ("real_tokens", config[2]),
+               ("run", names.get(config, ""))): {k: float(np.mean(losses)) for k, losses in sizes.items()}
+              for config, sizes in by_config.items()}
+    return _fit_rows(groups, float, "sizes")
+
+
+def real_only_law(points: dict[Group, float], alpha: float | None, asymptote: float | None) -> PowerLaw:
+    """The real-only data-scaling law through each real-only group's loss (group -> its best configuration's):
+    fitted over the real-token budgets, or anchored at the lowest when alpha and C are given."""
+    real = {group: loss for group, loss in points.items() if group[0] == REAL_ONLY}
     if not real:
         raise MegadocError(f"the registry has no evaluated real-only run (method {REAL_ONLY!r})")
     if alpha is not None and asymptote is not None:
-        anchor = min(real, key=lambda run: getattr(run, loss_key))
-        return anchored_law(alpha, asymptote, anchor.real_tokens, getattr(anchor, loss_key))
+        (_, _, tokens), loss = min(real.items(), key=lambda item: item[1])
+        return anchored_law(alpha, asymptote, tokens, loss)
     if len(real) < MIN_FIT_POINTS:
         raise MegadocError(f"real-only runs exist at {len(real)} real-token budget(s); fitting the data-scaling law "
                            f"needs {MIN_FIT_POINTS}, or pass --alpha and --asymptote to anchor it")
-    return fit_power_law([run.real_tokens for run in real], [getattr(run, loss_key) for run in real])
+    return fit_power_law([tokens for _, _, tokens in real], list(real.values()))
+
+
+def efficiencies(points: dict[Group, float], law: PowerLaw) -> dict[Group, float]:
+    """Data efficiency of each group's loss: real tokens the law needs for it, per real token the group used;
+    infinite for a loss at or below the law's asymptote (no amount of real data reaches it)."""
+    return {group: data_efficiency(law, loss, group[2]) if loss > law.C else math.inf
+            for group, loss in points.items()}
+
+
+def bootstrap_efficiency(runs: list[RunRecord], loss_key: str, alpha: float | None, asymptote: float | None,
+                         resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[dict[Group, tuple], int]:
+    """(group -> (low, high) data-efficiency interval, resamples kept) by a bootstrap over seeds; ({}, 0) when no
+    configuration has two seeds. A resample whose law does not fit is left out (the count says how many were kept);
+    one that puts a loss beyond the law's reach counts as an infinite efficiency."""
+    results = repeats(runs, loss_key)
+    if not any(len(result.runs) > 1 for result in results):
+        return {}, 0
+    rng = np.random.default_rng(seed)
+    samples: dict[Group, list[float]] = {}
+    kept = 0
+    for _ in range(resamples):
+        losses = [float(rng.choice(result.losses, size=len(result.runs)).mean()) for result in results]
+        points = {group: losses[index] for group, index in _best(results, losses).items()}
+        try:
+            values = efficiencies(points, real_only_law(points, alpha, asymptote))
+        except MegadocError:
+            continue
+        kept += 1
+        for group, value in values.items():
+            samples.setdefault(group, []).append(value)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return {group: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            for group, values in samples.items()}, kept

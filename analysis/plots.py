@@ -2,20 +2,15 @@
 
 from pathlib import Path
 
-from megadoc.evaluation.metrics import load_curve
+import math
+
+import numpy as np
+
+from megadoc.evaluation.metrics import draw_curve, load_curve, pyplot as _pyplot
 from megadoc.files import atomic_write
 from megadoc.training.registry import REAL_ONLY, RunRecord
 
 LOSS_KEYS = {"iid_loss": "i.i.d. loss", "long_loss": "long-document loss", "short_loss": "short-document loss"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(figure, path: Path) -> None:
@@ -37,8 +32,10 @@ def plot_efficiency(rows: list[dict], path: Path) -> None:
     """Data efficiency vs G, one line per synthetic method, with the real-only level (1x)."""
     figure, axes = _pyplot().subplots(figsize=(5, 3.5))
     for method in sorted({row["method"] for row in rows} - {REAL_ONLY}):
-        points = sorted((row["generations"], row["data_efficiency"]) for row in rows if row["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=method)
+        points = sorted((row["generations"], row["data_efficiency"]) for row in rows
+                        if row["method"] == method and math.isfinite(row["data_efficiency"]))
+        if points:
+            axes.plot(*zip(*points), marker="o", label=method)
     axes.axhline(1.0, color="grey", linestyle="--", label="real only")
     g_axis(axes, [row["generations"] for row in rows if row["method"] != REAL_ONLY])
     axes.set(xlabel="generations per document G", ylabel="data efficiency (x)")
@@ -67,7 +64,8 @@ def plot_loss_vs_g(best: dict[tuple[str, int], RunRecord], key: str, path: Path)
 
 
 def plot_loss_by_position(best: dict[tuple[str, int], RunRecord], root: Path, path: Path) -> list[str]:
-    """Loss by position of each method's best run at its largest G that has a curve; the runs drawn."""
+    """Loss by position of each method's best run at its largest G that has a curve, each with its band over
+    documents; the runs drawn."""
     chosen: dict[str, RunRecord] = {}
     for (method, _), run in sorted(best.items()):
         if run.loss_by_position:
@@ -75,13 +73,45 @@ def plot_loss_by_position(best: dict[tuple[str, int], RunRecord], root: Path, pa
     if not chosen:
         return []
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure, axes = plt.subplots(figsize=(6, 4))
     for method, run in chosen.items():
-        curve = load_curve(root / run.loss_by_position)
-        points = [(start + curve.bucket_size / 2, loss) for start, loss in zip(curve.bucket_starts, curve.loss)
-                  if loss is not None]
-        axes.plot(*zip(*points), label=f"{method} G={run.generations}" if method != REAL_ONLY else "real only")
-    axes.set(xlabel="token position", ylabel="loss (long documents)")
-    axes.legend()
+        label = f"{method} G={run.generations}" if method != REAL_ONLY else "real only"
+        draw_curve(axes, load_curve(root / run.loss_by_position), label)
+    axes.set(xlabel="token position in the document", ylabel="loss (long documents)")
+    axes.legend(fontsize="x-small")
     _save(figure, path)
     return [run.run for run in chosen.values()]
+
+
+def plot_data_law(law, points: list[dict], rows: list[dict], path: Path) -> None:
+    """Loss vs real tokens: the real-only runs (every seed, and their mean), the fitted law through them, and each
+    method placed on it: its loss at the real tokens it used, and a dashed line to where the law reaches that loss
+    (the ratio of the two token counts is its data efficiency)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for point in points:
+        axes.scatter([point["real_tokens"]] * len(point["losses"]), point["losses"], color="grey", s=10, alpha=0.6)
+    axes.scatter([p["real_tokens"] for p in points], [p["loss"] for p in points], color="black", zorder=3,
+                 label="real only (seed mean)")
+    reach = [row["data_efficiency"] * row["real_tokens"] for row in rows
+             if row["method"] != REAL_ONLY and math.isfinite(row["data_efficiency"])]
+    tokens = [p["real_tokens"] for p in points] + reach
+    grid = np.geomspace(min(tokens) / 1.5, max(tokens) * 1.5, 200)
+    axes.plot(grid, law(grid), color="black", linewidth=1,
+              label=f"L(D) = {law.A:.3g} / D^{law.alpha:.3f} + {law.C:.3f}")
+    for row in rows:
+        if row["method"] == REAL_ONLY:
+            continue
+        marker = axes.scatter([row["real_tokens"]], [row["loss"]], zorder=4, marker="D",
+                              label=f"{row['method']} G={row['generations']}: "
+                                    + (f"{row['data_efficiency']:.2f}x" if math.isfinite(row["data_efficiency"])
+                                       else "below the law's asymptote"))
+        if math.isfinite(row["data_efficiency"]):
+            reached = row["data_efficiency"] * row["real_tokens"]
+            axes.plot([row["real_tokens"], reached], [row["loss"]] * 2, linestyle="--",
+                      color=marker.get_facecolor()[0])
+            axes.scatter([reached], [row["loss"]], marker="|", s=200, color=marker.get_facecolor()[0])
+    axes.set_xscale("log")
+    axes.set(xlabel="real tokens D", ylabel="i.i.d. loss", title="Loss vs real tokens")
+    axes.legend(fontsize="x-small")
+    _save(figure, path)

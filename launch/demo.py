@@ -4,7 +4,8 @@ The demo is a pipeline file plus a corpus. The corpus is one the project did not
 gensim ships (`lee_background.cor`, 300 Australian news articles, one per line); the demo writes its first `--docs`
 articles as JSONL. The pipeline is `pipelines/demo.yaml` (validation documents held out first, SmolLM2-135M-Instruct
 rephrases and rationales with vLLM, the simple / stitched / stretched streams, the tiny model trained with
-Megatron-Core on CPU per method plus real-only, each evaluated, a report), copied to `<output-dir>/pipeline.yaml`
+Megatron-Core on CPU per method plus real-only at four data budgets (the smaller three twice), each evaluated, a
+report with the real-only data law and every method's data efficiency), copied to `<output-dir>/pipeline.yaml`
 with any KEY=VALUE overrides and run here (`megadoc run`); `megadoc submit` takes that same file to a Slurm
 cluster. Re-running the demo skips the finished steps and resumes the one that was interrupted.
 """
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides of pipelines/demo.yaml, e.g. generate.rephrases=2 train.seq_length=64")
     parser.add_argument("--output-dir", default="demo-out", help="everything goes here (default demo-out)")
-    parser.add_argument("--docs", type=int, default=64, help="Lee articles to use (of 300, default 64)")
+    parser.add_argument("--docs", type=int, default=104, help="Lee articles to use (of 300, default 104)")
     parser.set_defaults(func=run)
 
 

@@ -3,10 +3,14 @@
 A pipeline YAML names a corpus, a tokenizer and each stage's settings; `steps(config)` turns it into a list of steps,
 each a few `megadoc` command lines plus the steps it waits for:
 
-    split -> tokenize (real, validation) ------------------------------------+
+    split -> tokenize (real, budgets, validation) ---------------------------------+
           -> generate rephrase  (array: one task per shard) -> assemble simple, stitched -> train <method> -> eval
           -> generate rationale (array: one task per shard) -> assemble stretched      -> train real     -> eval
-                                                                                          every eval -> report
+                                                          (ablations: their own streams and runs)  every eval -> report
+
+Experiments (sections of their own): `data_budgets` trains real-only at nested subsets of the real training split
+for the real-only data law (whose inverse is each method's data efficiency), `seeds` repeats training runs, and
+`ablations` adds the paper's ablation presets (ABLATIONS), each a run under a method name of its own.
 
 Every step is a plain command line, so the same list runs here (`megadoc run`, megadoc.launch.local), as sbatch
 scripts or through nemo-run (megadoc.slurm), and every stage it calls resumes where it stopped (generation chunks,
@@ -43,6 +47,10 @@ class SplitStage:
     """Long documents for loss by token position (the paper: 500)."""
     long_min_tokens: int | None = None
     """Token length a long document needs; None: the training seq_length + 1 (one full window)."""
+    short_docs: int = 0
+    """Short documents for the short-document loss (the paper's dc_500_val_short: 500); 0: no short set."""
+    short_max_tokens: int | None = None
+    """Token length a short document may not exceed; None: a quarter of the training seq_length."""
     seed: int = 1234
 
 
@@ -174,6 +182,109 @@ class SlurmStage:
     """Each evaluation job."""
 
 
+# ---------------------------------------------------------------------------------------------------- experiments
+
+
+@dataclass
+class DataBudget:
+    """One point of the real-only data law: a nested subset of the real training split (megadoc split --budgets),
+    trained real-only with its own tuned settings (the paper tunes the real-only recipe per data size)."""
+
+    budget: float
+    """A fraction (<= 1) of the real training tokens, or a token count (> 1)."""
+    real_epochs: float | None = None
+    """E at this budget; None: train.real_only_epochs (the paper's 16)."""
+    lr: float | None = None
+    """Peak learning rate at this budget; None: train.lr."""
+    weight_decay: float | None = None
+    """Weight decay at this budget; None: train.real_only_weight_decay (the paper's 1.6)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.budget:g}"
+
+
+@dataclass
+class DataBudgets:
+    """Real-only runs at several real-token budgets: with the full split, the points the real-only data law
+    L(D) = A / D^alpha + C is fitted to (>= 4 in all), so each method's data efficiency comes from this pipeline's own
+    runs. With `methods` the methods see only a subset of the real split, and the law's larger budgets reach the
+    real data a method is worth (Kim et al. 2025 fit their law over 1x to 8x the data the methods saw), so a data
+    efficiency above 1 is read off the law instead of extrapolated beyond it."""
+
+    budgets: list[Any] = field(default_factory=list)
+    """Budgets besides the full split (which always runs): numbers (a fraction <= 1 or a token count > 1), or
+    mappings {budget, real_epochs, lr, weight_decay} with that budget's tuned settings."""
+    methods: float | None = None
+    """The budget the methods use (their generations, streams and real data come from that subset; it also runs
+    real only); None: the full split."""
+    seeds: list[int] | None = None
+    """Seeds of the real-only runs at the budgets (None: the pipeline's `seeds`; the full split's real-only run has
+    the pipeline's): small budgets are cheap, and their repeats carry the law's uncertainty into the data-efficiency
+    intervals."""
+
+    def __post_init__(self):
+        self.budgets = [budget if isinstance(budget, DataBudget) else
+                        _build(DataBudget, budget if isinstance(budget, dict) else {"budget": budget},
+                               f"data_budgets.budgets[{i}]") for i, budget in enumerate(self.budgets)]
+        if self.methods is not None and self.methods not in [budget.budget for budget in self.budgets]:
+            self.budgets.append(DataBudget(self.methods))
+        labels = [budget.label for budget in self.budgets]
+        if any(not budget.budget > 0 or budget.budget == 1 for budget in self.budgets) or \
+                len(set(labels)) < len(labels):
+            raise MegadocError(f"data_budgets: budgets {', '.join(labels)} must be distinct, > 0 and not 1 (the "
+                               "full split always runs)")
+
+    @property
+    def methods_label(self) -> str | None:
+        """The label of the methods' budget (None: the full split)."""
+        return None if self.methods is None else DataBudget(self.methods).label
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A training run beside the pipeline's methods, under a method name of its own (an ablation)."""
+
+    name: str
+    """Its method name in the registry (and its run folder)."""
+    stream: str | None = None
+    """The assemble method of its synthetic stream (None: real data only)."""
+    assemble: tuple[str, ...] = ()
+    """Flags of its own assembly (none: the base method's stream is reused)."""
+    block_cross_document_attention: bool = False
+    """Documents attend only to themselves."""
+    no_real_data: bool = False
+    """Trains on its stream alone (E passes over it, train.real_epochs), no real stream mixed in."""
+
+    @property
+    def tokens(self) -> str:
+        """The name of the token prefix it trains on."""
+        return self.name if self.assemble else self.stream
+
+
+def ablation_variants(name: str, methods: list[str]) -> list[Variant]:
+    """The runs of one ablation preset (PAPER.md §4a, §1): the real document's position in stitched megadocs,
+    no real copy in the stream, the order of the rephrases, attention across documents, no real data mixed in."""
+    presets = {
+        "real-first": [Variant("stitched-real-first", "stitched", ("--real-position", "first"))],
+        "no-real-copy": [Variant("stitched-no-real-copy", "stitched", ("--real-position", "none")),
+                         Variant("simple-no-real-copy", "simple", ("--real-position", "none"))],
+        "random-order": [Variant("stitched-random-order", "stitched", ("--order", "random"))],
+        "block-cross-document-attention": [
+            Variant(f"{method}-blocked-attention", None if method == REAL_ONLY else method,
+                    block_cross_document_attention=True) for method in [REAL_ONLY, *methods]],
+        "no-real-data": [Variant("stitched-no-real-data", "stitched", no_real_data=True)],
+    }
+    if name not in presets:
+        raise MegadocError(f"ablations: {name!r} is not one of {', '.join(presets)}")
+    return presets[name]
+
+
+ABLATIONS = ("real-first", "no-real-copy", "random-order", "block-cross-document-attention", "no-real-data")
+"""The ablation presets; stitched with the real document last, in generation order, with attention across
+documents and real data mixed in is the pipeline's own `stitched` run."""
+
+
 @dataclass
 class PipelineConfig:
     """One run of the whole method over one corpus."""
@@ -195,6 +306,13 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     eval: EvalStage = field(default_factory=EvalStage)
     slurm: SlurmStage = field(default_factory=SlurmStage)
+    data_budgets: DataBudgets = field(default_factory=DataBudgets)
+    """Real-only runs at more real-token budgets, for the real-only data law."""
+    seeds: list[int] | None = None
+    """Train every run once with each seed (None: train.seed once); the report averages repeats and bootstraps
+    data efficiency over them."""
+    ablations: list[str] = field(default_factory=list)
+    """Ablation presets to run (ABLATIONS), each under method names of its own."""
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -215,6 +333,13 @@ class PipelineConfig:
         for key, value in positive.items():
             if value < 1:
                 raise MegadocError(f"{key}: {value} must be >= 1")
+        for variant in self.variants:
+            if variant.stream and self.generate.generations(GENERATION_OF[variant.stream]) is None:
+                raise MegadocError(f"ablations: {variant.name} needs {GENERATION_OF[variant.stream]}s, but "
+                                   f"generate.{GENERATION_OF[variant.stream]}s is null")
+        for key, seeds in (("seeds", self.seeds), ("data_budgets.seeds", self.data_budgets.seeds)):
+            if seeds is not None and (not seeds or len(set(seeds)) < len(seeds)):
+                raise MegadocError(f"{key}: {seeds} must be distinct seeds, at least one")
         self._check_trainer()
 
     def _check_trainer(self) -> None:
@@ -248,6 +373,11 @@ class PipelineConfig:
         if cpus is not None:
             return cpus
         return 3 * self.train.nproc_per_node if kind in ("train", "eval") else 2
+
+    @property
+    def variants(self) -> list[Variant]:
+        """Every ablation run, in the order the presets are listed."""
+        return [variant for name in self.ablations for variant in ablation_variants(name, self.methods)]
 
     @property
     def seq_length(self) -> int:
@@ -402,6 +532,20 @@ class Paths:
         """A run's checkpoint folder: the run folder (core), or its checkpoints/ (Bridge's layout)."""
         return self.run(name) / "checkpoints" if backend == "bridge" else self.run(name)
 
+    @staticmethod
+    def budget_tokens(label: str) -> str:
+        """The token prefix name of a data budget's real documents."""
+        return f"budget-{label}"
+
+    def methods_split(self, config: "PipelineConfig") -> Path:
+        """The real documents the methods generate from and train on: the split's training set or a budget of it."""
+        label = config.data_budgets.methods_label
+        return self.split / "train.jsonl" if label is None else self.split / "budgets" / f"{label}.jsonl"
+
+    def methods_tokens(self, config: "PipelineConfig") -> str:
+        label = config.data_budgets.methods_label
+        return self.tokens("train" if label is None else self.budget_tokens(label))
+
     @property
     def registry(self) -> str:
         return str(self.root / "runs.csv")
@@ -424,20 +568,28 @@ class Paths:
 def _split_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     s = config.split
     tokenizer = tokenizer_flags(config.tokenizer)
+    short = (["--short-docs", str(s.short_docs), "--short-max-tokens",
+              str(s.short_max_tokens or config.seq_length // 4)] if s.short_docs else [])
+    budgets = [budget.label for budget in config.data_budgets.budgets]
     split = Step("split", [["split", "--input", *config.corpus, "--json-keys", config.json_key,
                             "--output-dir", str(paths.split), "--iid-docs", str(s.iid_docs), "--long-docs",
                             str(s.long_docs), "--long-min-tokens", str(s.long_min_tokens or config.seq_length + 1),
-                            "--seed", str(s.seed), *tokenizer]])
-    tokenize = [["tokenize", "--input", str(paths.split / f"{name}.jsonl"), "--output-prefix", paths.tokens(name),
-                 "--append-eod", "--no-progress", *tokenizer] for name in ("train", "valid_iid", "valid_long")]
+                            *short, *(["--budgets", *budgets] if budgets else []), "--seed", str(s.seed),
+                            *tokenizer]])
+    files = {name: paths.split / f"{name}.jsonl" for name in ("train", "valid_iid", "valid_long")}
+    if s.short_docs:
+        files["valid_short"] = paths.split / "valid_short.jsonl"
+    files.update({paths.budget_tokens(label): paths.split / "budgets" / f"{label}.jsonl" for label in budgets})
+    tokenize = [["tokenize", "--input", str(source), "--output-prefix", paths.tokens(name), "--append-eod",
+                 "--no-progress", *tokenizer] for name, source in files.items()]
     return [split, Step("tokenize", tokenize, after=("split",))]
 
 
 def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     g = config.generate
     steps = []
-    for kind in sorted({GENERATION_OF[m] for m in config.methods}):
-        command = ["generate", kind, "--input", str(paths.split / "train.jsonl"), "--json-keys", config.json_key,
+    for kind in sorted({GENERATION_OF[method] for method, _ in _streams(config).values()}):
+        command = ["generate", kind, "--input", str(paths.methods_split(config)), "--json-keys", config.json_key,
                    "--output", paths.generations(kind), "-G", str(g.generations(kind)),
                    "--max-tokens", str(g.max_tokens(kind)), "--num-shards", str(g.num_shards),
                    "--chunk-docs", str(g.chunk_docs), "--exclude-ids", str(paths.split / "validation_ids.txt"),
@@ -446,90 +598,170 @@ def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     return steps
 
 
+def _streams(config: PipelineConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every synthetic stream to assemble: token prefix name -> (assemble method, its extra flags)."""
+    streams = {method: (method, ()) for method in config.methods}
+    for variant in config.variants:
+        if variant.stream:
+            streams.setdefault(variant.tokens, (variant.stream, variant.assemble))
+    return streams
+
+
 def _assemble_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
-    return [Step(f"assemble-{method}",
-                 [["assemble", "--method", method, "--input", str(paths.split / "train.jsonl"),
+    return [Step(f"assemble-{name}",
+                 [["assemble", "--method", method, "--input", str(paths.methods_split(config)),
                    "--json-keys", config.json_key, "--generations", paths.generations(GENERATION_OF[method]),
-                   "--output-prefix", paths.tokens(method), "--seed", str(config.train.seed),
+                   "--output-prefix", paths.tokens(name), "--seed", str(config.train.seed), *flags,
                    *tokenizer_flags(config.tokenizer)]],
                  after=(f"generate-{GENERATION_OF[method]}",))
-            for method in config.methods]
+            for name, (method, flags) in _streams(config).items()]
 
 
-def _train_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
-    """`megadoc train` (core) or `megadoc pretrain` (bridge) of one method, or of the real-only baseline."""
-    if config.train_backend == "bridge":
-        return _pretrain_command(config, paths, method)
+@dataclass(frozen=True)
+class Training:
+    """One training run of the pipeline (and its evaluation)."""
+
+    key: str
+    """Its step names (train-<key>, eval-<key>) and run folder: <method>[-b<budget>][-seed<N>]."""
+    method: str
+    """Its method name in the registry."""
+    seed: int
+    budget: DataBudget | None = None
+    """The data budget of a real-only law point (None: the full real training split)."""
+    variant: Variant | None = None
+    """The ablation it runs (None: a method of `methods`, or real only)."""
+
+    @property
+    def stream(self) -> str | None:
+        """The assemble method of its synthetic stream (None: real data only)."""
+        if self.variant is not None:
+            return self.variant.stream
+        return None if self.method == REAL_ONLY else self.method
+
+    @property
+    def tokens(self) -> str:
+        """The token prefix name of its synthetic stream."""
+        return self.variant.tokens if self.variant is not None else self.method
+
+
+def trainings(config: PipelineConfig) -> list[Training]:
+    """Real only (the full split, then every budget with the data law's seeds), then each method and ablation
+    (each seed)."""
+    seeds = config.seeds or [config.train.seed]
+    real_seeds = config.data_budgets.seeds or seeds
+
+    def repeat(name: str, seeds: list[int], **fields) -> list[Training]:
+        return [Training(name if seed == seeds[0] else f"{name}-seed{seed}", seed=seed, **fields) for seed in seeds]
+
+    runs = repeat(REAL_ONLY, seeds, method=REAL_ONLY)
+    for budget in config.data_budgets.budgets:
+        runs += repeat(f"{REAL_ONLY}-b{budget.label}", real_seeds, method=REAL_ONLY, budget=budget)
+    for method in config.methods:
+        runs += repeat(method, seeds, method=method)
+    for variant in config.variants:
+        runs += repeat(variant.name, seeds, method=variant.name, variant=variant)
+    return runs
+
+
+def _run_arguments(config: PipelineConfig, paths: Paths, run: Training) -> dict:
+    """What one run trains on and how, as `megadoc train` flag names (without the dashes): the one description
+    both trainers' commands are written from."""
     t = config.train
-    save = str(paths.run(method))
-    command = ["train", "--recipe", t.recipe, "--seq-length", str(config.seq_length),
-               "--real-path", paths.tokens("train"), "--global-batch-size", str(t.global_batch_size),
-               "--micro-batch-size", str(t.micro_batch_size), "--lr", str(t.lr),
-               "--tensor-model-parallel-size", str(t.tensor_model_parallel_size),
-               "--pipeline-model-parallel-size", str(t.pipeline_model_parallel_size), "--seed", str(t.seed),
-               "--save", save, "--load", save, *tokenizer_flags(config.tokenizer),
-               "--registry", paths.registry, "--method", method]
-    if method == REAL_ONLY:
-        wd = t.real_only_weight_decay if t.real_only_weight_decay is not None else t.weight_decay
-        command += ["--real-epochs", f"{t.real_only_epochs:g}", "--weight-decay", str(wd)]
+    arguments = {"real_path": paths.tokens("train"), "lr": t.lr, "weight_decay": t.weight_decay,
+                 "real_epochs": f"{t.real_epochs:g}", "seed": run.seed, "base_steps": t.base_steps,
+                 "block_cross_document_attention": bool(run.variant and run.variant.block_cross_document_attention)}
+    if run.stream is None:  # real only: at a budget, an ablation at the methods' budget, or the full split
+        budget = run.budget or DataBudget(1.0)
+        arguments.update(
+            real_path=(paths.tokens(paths.budget_tokens(budget.label)) if run.budget else
+                       paths.methods_tokens(config) if run.variant else paths.tokens("train")),
+            real_epochs=f"{budget.real_epochs if budget.real_epochs is not None else t.real_only_epochs:g}",
+            lr=budget.lr or t.lr,
+            weight_decay=next(v for v in (budget.weight_decay, t.real_only_weight_decay, t.weight_decay)
+                              if v is not None))
+        if run.budget:
+            arguments["base_steps"] = None  # a budget is its whole subset, whatever caps the full split
+        return arguments
+    arguments["generations"] = config.generate.generations(GENERATION_OF[run.stream])
+    if run.variant is not None and run.variant.no_real_data:  # E passes over the stream itself
+        arguments.update(real_path=paths.tokens(run.tokens), real_tokens_from=paths.methods_tokens(config),
+                         base_steps=None)
     else:
-        command += ["--real-epochs", f"{t.real_epochs:g}", "--weight-decay", str(t.weight_decay),
-                    "--synthetic-path", paths.tokens(method), "--synthetic-fraction", f"{t.synthetic_fraction:g}",
-                    "--generations", str(config.generate.generations(GENERATION_OF[method]))]
-    if t.base_steps:
-        command += ["--base-steps", str(t.base_steps)]
+        arguments.update(real_path=paths.methods_tokens(config), synthetic_path=paths.tokens(run.tokens),
+                         synthetic_fraction=f"{t.synthetic_fraction:g}")
+    return arguments
+
+
+def _train_command(config: PipelineConfig, paths: Paths, run: Training) -> list[str]:
+    """`megadoc train` (core) or `megadoc pretrain` (bridge) of one run."""
+    if config.train_backend == "bridge":
+        return _pretrain_command(config, paths, run)
+    t = config.train
+    save = str(paths.run(run.key))
+    command = ["train", "--recipe", t.recipe, "--seq-length", str(config.seq_length),
+               "--global-batch-size", str(t.global_batch_size), "--micro-batch-size", str(t.micro_batch_size),
+               "--tensor-model-parallel-size", str(t.tensor_model_parallel_size),
+               "--pipeline-model-parallel-size", str(t.pipeline_model_parallel_size),
+               "--save", save, "--load", save, *tokenizer_flags(config.tokenizer),
+               "--registry", paths.registry, "--method", run.method]
+    for key, value in _run_arguments(config, paths, run).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            command.append(flag)
+        elif value is not None and value is not False:
+            command += [flag, str(value)]
     if t.save_interval:
         command += ["--save-interval", str(t.save_interval)]
     return command
 
 
-def _pretrain_command(config: PipelineConfig, paths: Paths, method: str) -> list[str]:
+def _pretrain_command(config: PipelineConfig, paths: Paths, run: Training) -> list[str]:
     """`megadoc pretrain`: the same run through Megatron-Bridge (registry flags, the recipe, its arguments)."""
     t = config.train
-    real_only = method == REAL_ONLY
-    wd = t.real_only_weight_decay if real_only and t.real_only_weight_decay is not None else t.weight_decay
+    run_arguments = _run_arguments(config, paths, run)
+    registry = ["--registry", paths.registry, "--method", run.method]
+    for flag in ("generations", "real_tokens_from"):
+        if run_arguments.get(flag) is not None:
+            registry += ["--" + flag.replace("_", "-"), str(run_arguments.pop(flag))]
+    synthetic = run_arguments.pop("synthetic_path", None)
+    block = run_arguments.pop("block_cross_document_attention")
     arguments = {
-        "tokenizer_model": config.tokenizer.model, "tokenizer_type": config.tokenizer.type,
-        "real_path": paths.tokens("train"), "valid_paths": json.dumps([paths.tokens("valid_iid")]),
-        "real_epochs": f"{t.real_only_epochs if real_only else t.real_epochs:g}",
-        "synthetic_paths": None if real_only else json.dumps([paths.tokens(method)]),
-        "synthetic_fraction": None if real_only else f"{t.synthetic_fraction:g}",
-        "lr": t.lr, "weight_decay": wd, "global_batch_size": t.global_batch_size,
-        "micro_batch_size": t.micro_batch_size, "seq_length": config.seq_length, "base_steps": t.base_steps,
-        "tensor_model_parallel_size": t.tensor_model_parallel_size,
+        **run_arguments, "tokenizer_model": config.tokenizer.model, "tokenizer_type": config.tokenizer.type,
+        "valid_paths": json.dumps([paths.tokens("valid_iid")]),
+        "synthetic_paths": None if synthetic is None else json.dumps([synthetic]),
+        "global_batch_size": t.global_batch_size, "micro_batch_size": t.micro_batch_size,
+        "seq_length": config.seq_length, "tensor_model_parallel_size": t.tensor_model_parallel_size,
         "pipeline_model_parallel_size": t.pipeline_model_parallel_size,
         "context_parallel_size": t.context_parallel_size, "sequence_parallel": str(t.sequence_parallel).lower(),
-        "save_interval": t.save_interval, "seed": t.seed, "output_dir": str(paths.run(method)),
+        "save_interval": t.save_interval, "output_dir": str(paths.run(run.key)),
     }
-    registry = ["--registry", paths.registry, "--method", method]
-    if not real_only:
-        registry += ["--generations", str(config.generate.generations(GENERATION_OF[method]))]
+    overrides = ["dataset.blend.block_cross_document_attention=true"] if block else []
     return ["pretrain", *registry, t.recipe, *(f"{key}={value}" for key, value in arguments.items()
-                                               if value is not None), *t.bridge_overrides]
+                                               if value is not None), *overrides, *t.bridge_overrides]
 
 
 def _train_eval_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
     steps = []
-    for method in [REAL_ONLY, *config.methods]:
-        after = ("tokenize",) if method == REAL_ONLY else ("tokenize", f"assemble-{method}")
-        steps.append(Step(f"train-{method}", [_train_command(config, paths, method)], "train", after=after))
-        checkpoints = paths.checkpoints(method, config.train_backend)
-        evaluate = ["eval", "--load", str(checkpoints), "--valid-path", paths.tokens("valid_iid"),
-                    "--long-valid-path", paths.tokens("valid_long"),
-                    "--output-dir", str(paths.run(method) / "eval"),
+    short = ["--short-valid-path", paths.tokens("valid_short")] if config.split.short_docs else []
+    for run in trainings(config):
+        after = ("tokenize",) if run.stream is None else ("tokenize", f"assemble-{run.tokens}")
+        steps.append(Step(f"train-{run.key}", [_train_command(config, paths, run)], "train", after=after))
+        evaluate = ["eval", "--load", str(paths.checkpoints(run.key, config.train_backend)), "--valid-path", paths.tokens("valid_iid"),
+                    "--long-valid-path", paths.tokens("valid_long"), *short,
+                    "--output-dir", str(paths.run(run.key) / "eval"),
                     "--micro-batch-size", str(config.eval.micro_batch_size),
                     "--bucket-size", str(config.eval.bucket_size),
                     "--tensor-model-parallel-size", str(config.train.tensor_model_parallel_size),
                     "--pipeline-model-parallel-size", str(config.train.pipeline_model_parallel_size),
                     "--registry", paths.registry]
-        steps.append(Step(f"eval-{method}", [evaluate], "eval", after=(f"train-{method}",)))
+        steps.append(Step(f"eval-{run.key}", [evaluate], "eval", after=(f"train-{run.key}",)))
     return steps
 
 
 def steps(config: PipelineConfig) -> list[Step]:
     """Every step of the pipeline, each after the steps it needs (a topological order)."""
     paths = Paths(Path(config.work_dir))
-    evals = tuple(f"eval-{m}" for m in [REAL_ONLY, *config.methods])
+    evals = tuple(f"eval-{run.key}" for run in trainings(config))
     report = Step("report", [["report", "--registry", paths.registry, "--output-dir", paths.report]], after=evals)
     return [*_split_steps(config, paths), *_generate_steps(config, paths), *_assemble_steps(config, paths),
             *_train_eval_steps(config, paths), report]

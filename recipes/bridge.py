@@ -25,6 +25,7 @@ import os
 
 from megadoc.errors import MegadocError
 from megadoc.recipes.models import MODELS, OptimizerRecipe, llama_architecture
+from megadoc.recipes.weight_decay import LevanterWeightDecayMask
 
 
 def pretrain_config(
@@ -227,7 +228,9 @@ def _tokenizer(tokenizer_model: str, tokenizer_type: str | None):
 
 def _optimizer(opt: OptimizerRecipe):
     """AdamW (Megatron's "adam" decouples weight decay), clip 1.0; linear warmup over 1% then cosine to 0. The
-    scheduler holds the weight decay constant at the optimizer's (it overrides the optimizer's otherwise)."""
+    scheduler holds the weight decay constant at the optimizer's (it overrides the optimizer's otherwise) and
+    multiplies it by each group's wd_mult: the paper's mask (`_container` sets it) keeps embeddings, norms and biases
+    undecayed."""
     from megatron.bridge.training.config import OptimizerConfig, SchedulerConfig
 
     optimizer = OptimizerConfig(
@@ -247,13 +250,16 @@ def _container(model: str, seq_length: int, opt: OptimizerRecipe, output_dir: st
     from megatron.bridge.training.config import (
         CheckpointConfig, ConfigContainer, DistributedDataParallelConfig, DistributedInitConfig, LoggerConfig,
         RNGConfig, TrainingConfig, ValidationConfig)
+    from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
 
+    register_allowed_target_prefix("megadoc.recipes.weight_decay")  # the mask's YAML `_target_` (from_yaml)
     optimizer, scheduler = _optimizer(opt)
     return ConfigContainer(
         model=_model_provider(model, seq_length),
         train=TrainingConfig(global_batch_size=64, micro_batch_size=1, manual_gc=True, manual_gc_interval=100),
         validation=ValidationConfig(eval_interval=None, eval_iters=0),
         optimizer=optimizer,
+        optimizer_config_override_provider=LevanterWeightDecayMask(),
         scheduler=scheduler,
         ddp=DistributedDataParallelConfig(check_for_nan_in_grad=True, grad_reduce_in_fp32=True,
                                           overlap_grad_reduce=True, overlap_param_gather=True,

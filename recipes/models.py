@@ -72,7 +72,8 @@ class OptimizerRecipe:
     lr: float = 3e-3
     """Peak learning rate (grid: 1e-3, 3e-3, 1e-2)."""
     weight_decay: float = 0.8
-    """Decoupled weight decay (grid: 0.1, 0.4, 0.8, 1.6); per-step shrink is lr x wd."""
+    """Decoupled weight decay (grid: 0.1, 0.4, 0.8, 1.6); per-step shrink is lr x wd, on the parameters the paper's
+    mask decays (`megadoc.recipes.weight_decay`: Linear weights, not embeddings, norms or biases)."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8

@@ -3,7 +3,7 @@
 Convex tuning: around a centre configuration, run the centre and one grid step up and down in each of E, r, lr and
 wd (9 runs at most; fewer at the grid's edges, and no r axis for real data only). The centre is "locally optimal"
 when no neighbour beats it. Run names follow the paper's pattern with readable stream names and the real-token
-budget: `300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64`.
+budget (and the seed of a repeat): `300m4k-203Mx32-real+stitched32^0.9-cos-lr0.0010-wd0.40-bs64`.
 """
 
 import itertools
@@ -23,12 +23,13 @@ def token_label(tokens: int) -> str:
 
 def run_name(model_prefix: str, real_tokens: int, real_epochs: float, lr: float, weight_decay: float,
              global_batch_size: int, stream: str | None = None, synthetic_fraction: float = 0.0,
-             name_prefix: str = "") -> str:
+             name_prefix: str = "", seed: int | None = None) -> str:
     """The paper's run-name pattern: <model>-<real tokens>x<E>-<data>-cos-lr<lr>-wd<wd>-bs<batch>, where <data> is
-    `real` or `real+<stream>^<r>`; `name_prefix` (a pipeline's name) goes first."""
+    `real` or `real+<stream>^<r>`; `name_prefix` (a pipeline's name) goes first, `-seed<N>` last for a repeat
+    with another seed."""
     data = "real" if stream is None else f"real+{stream}^{synthetic_fraction:g}"
     name = (f"{model_prefix}-{token_label(real_tokens)}x{real_epochs:g}-{data}-cos-lr{lr:.4f}-wd{weight_decay:.2f}"
-            f"-bs{global_batch_size}")
+            f"-bs{global_batch_size}" + ("" if seed is None else f"-seed{seed}"))
     return f"{name_prefix}-{name}" if name_prefix else name
 
 

@@ -88,17 +88,42 @@ def test_stitched_layout(tmp_path, corpus, generations):
     assert any(r["parts"] != by_id[r["id"]] for r in shuffled)
 
 
-def test_simple_is_every_rephrase_plus_one_real_copy_shuffled(tmp_path, corpus, generations):
+def test_simple_is_every_rephrase_plus_one_real_copy(tmp_path, corpus, generations):
     records, path = assemble(tmp_path, corpus, generations, "simple", "s")
     assert len(records) == len(corpus[1]) * (G + 1)
-    texts = {r["text"] for r in records}
-    assert all(doc["text"] in texts for doc in corpus[1])
-    again, path2 = assemble(tmp_path, corpus, generations, "simple", "s2")
-    assert path.read_bytes() == path2.read_bytes()  # deterministic under the seed
-    other, _ = assemble(tmp_path, corpus, generations, "simple", "s3", "--seed", "99")
-    assert [r["id"] for r in other] != [r["id"] for r in records]
+    expected = [(f"{doc['id']}/{i}", f"Rephrase {i}: ") for doc in corpus[1] for i in range(G)]
+    assert sorted((r["id"], r["text"][:len(f"Rephrase {r['id'][-1]}: ")]) for r in records if "/" in r["id"]) == \
+        sorted(expected)
+    assert sorted(r["text"] for r in records if "/" not in r["id"]) == sorted(doc["text"] for doc in corpus[1])
+    again, path2 = assemble(tmp_path, corpus, generations, "simple", "s2", "--workers", "1")
+    assert path.read_bytes() == path2.read_bytes()  # deterministic, whatever the number of workers
     summary = json.loads(Path(str(path) + ".summary.json").read_text())
     assert summary["records"] == len(records) and summary["generations"] == G * len(corpus[1])
+
+
+def test_simple_without_the_real_copy(tmp_path, corpus, generations):
+    """--real-position none: the rephrases alone (the paper's 'no real copy' ablation); first: the copy leads."""
+    none, _ = assemble(tmp_path, corpus, generations, "simple", "n", "--real-position", "none")
+    originals = {doc["text"] for doc in corpus[1]}
+    assert len(none) == len(corpus[1]) * G and not any(r["text"] in originals for r in none)
+    assert all("/" in r["id"] for r in none)
+    first, _ = assemble(tmp_path, corpus, generations, "simple", "f", "--real-position", "first")
+    assert [r["id"] for r in first[:G + 1]] == [first[0]["id"]] + [f"{first[0]['id']}/{i}" for i in range(G)]
+
+
+def test_many_buckets_give_the_same_stream(tmp_path, corpus, generations, monkeypatch):
+    """Bounded memory: with buckets of a few KB the join runs over many bucket files (and two workers); every
+    record is the same, each megadoc whole, and the order is fixed by the data alone."""
+    from megadoc.preprocess import assemble as assembler
+
+    one, _ = assemble(tmp_path, corpus, generations, "stitched", "one", "--workers", "1")
+    monkeypatch.setattr(assembler, "BUCKET_BYTES", 2_000)
+    many, path = assemble(tmp_path, corpus, generations, "stitched", "many", "--workers", "2")
+    again, path2 = assemble(tmp_path, corpus, generations, "stitched", "many2", "--workers", "1")
+    assert json.loads(Path(f"{path}.summary.json").read_text())["buckets"] > 3
+    assert sorted(map(orjson.dumps, many)) == sorted(map(orjson.dumps, one))
+    assert path.read_bytes() == path2.read_bytes()
+    assert not list(tmp_path.glob("*.assemble-tmp")) and not list(tmp_path.glob("*.lock"))
 
 
 def test_simple_and_stitched_hold_the_same_tokens(tmp_path, corpus, generations, llama3_hf):
@@ -138,3 +163,35 @@ def test_bad_inputs(tmp_path, corpus, capsys, write_generations):
     assert main(argv + ["--generations", bad]) == 1
     assert "split_offset 1000000000, outside" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_kill_9_leaves_no_worker_behind(tmp_path, dclm_sample, write_generations):
+    """Killed while its workers join buckets, assemble leaves no orphan process (they hold its files and the lock
+    on its output); the rerun takes the lock and writes the stream a clean run writes."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    texts = [json.loads(line)["text"] for line in Path(dclm_sample).read_text().splitlines()]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": texts[i % len(texts)]}) + "\n" for i in range(300)))
+    rows = [_generation({"id": f"d{i}"}, "rephrase", k, f"{i}.{k} " + (texts[(i + k) % len(texts)] * 3)[:2800])
+            for i in range(300) for k in range(32)]  # ~27 MB of distinct texts: two buckets, joined by two workers
+    generations = write_generations(tmp_path / "gen", rows)
+    command = [sys.executable, "-m", "megadoc", "assemble", "--method", "stitched", "--input", str(corpus),
+               "--generations", generations, "--workers", "2", "--output"]
+    victim = psutil.Popen(command + [str(tmp_path / "s.jsonl")], stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while not workers and time.time() < deadline and victim.poll() is None:
+        workers = victim.children()
+        time.sleep(0.01)
+    assert workers, "assemble finished before its workers could be seen"
+    victim.kill()
+    victim.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    assert subprocess.run(command + [str(tmp_path / "s.jsonl")], capture_output=True).returncode == 0
+    assert subprocess.run(command + [str(tmp_path / "clean.jsonl")], capture_output=True).returncode == 0
+    assert (tmp_path / "s.jsonl").read_bytes() == (tmp_path / "clean.jsonl").read_bytes()

@@ -139,3 +139,46 @@ def test_bad_plans_on_data(prefixes, tmp_path, capsys):
 def test_real_only_plan():
     plan = make_plan(MegadocBlendConfig(real_prefix="dcr", real_epochs=16, base_steps=777))
     assert plan.train_iters == 16 * 777 and plan.synthetic == [] and plan.real.epochs == 16
+
+
+def test_a_real_stream_in_pieces(prefixes, tmp_path, capsys):
+    """--real-path p1 p2: one real stream tokenized in pieces; one pass is base_steps x gbs sequences shared by the
+    pieces' sizes, and each piece is seen E times."""
+    real, syn, _ = prefixes
+    real2 = write_dataset(tmp_path / "real2", [300] * 20, seed=5)  # half the size of `real`
+    out = tmp_path / "plan.json"
+    argv = ["blend", "--real-path", real, real2, "--synthetic-path", syn, "--real-epochs", "4",
+            "--synthetic-fraction", "0.75", "--seq-length", "64", "--global-batch-size", "4", "--output", str(out)]
+    assert main(argv) == 0
+    plan = json.loads(out.read_text())
+    pieces = plan["real_parts"]
+    assert plan["base_steps"] == (187 + 93) // 4 == 70  # both pieces' sequences per pass, whole batches
+    assert [p["prefix"] for p in pieces] == [real, real2]
+    assert [p["pass_sequences"] for p in pieces] == apportion(70 * 4, [187, 93]) == [187, 93]
+    assert [p["sequences"] for p in pieces] == [4 * 187, 4 * 93] and [p["epochs"] for p in pieces] == [4, 4]
+    assert sum(p["sequences"] for p in pieces) == plan["real"]["sequences"]
+    assert real in capsys.readouterr().out
+    assert main(argv[:-2] + ["--emit", "megatron-lm"]) == 0
+    flags = capsys.readouterr().out.split()
+    assert flags[1:5] == [f"{4 * 187 / plan['total_sequences']:.10g}", real, f"{4 * 93 / plan['total_sequences']:.10g}",
+                          real2]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--real-epochs", "1e9"], "more than 10,000,000: a typo in E or r? (--force to train it anyway)"),
+    (["--synthetic-fraction", "0.9999999999", "--synthetic-path", "SYN"], "more than 10,000,000"),
+    (["--real-epochs", "1e-9"], "real_epochs: floor(46 x E 1e-09 / (1 - r 0)) = 0 steps; raise E"),
+    (["--real-epochs", "1e16", "--force"], "beyond what any index can count"),
+])
+def test_absurd_plans_are_refused(prefixes, flags, message, capsys):
+    real, syn, _ = prefixes
+    flags = [syn if flag == "SYN" else flag for flag in flags]
+    assert message in cli_error(["--real-path", real, "--seq-length", "64", "--global-batch-size", "4", *flags],
+                                capsys)
+
+
+def test_force_takes_a_huge_plan(prefixes, capsys):
+    real, _, _ = prefixes
+    assert main(["blend", "--real-path", real, "--seq-length", "64", "--global-batch-size", "4", "--real-epochs",
+                 "1e9", "--force"]) == 0
+    assert "train_iters 46,000,000,000" in capsys.readouterr().out

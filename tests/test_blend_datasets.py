@@ -59,6 +59,23 @@ def test_dataset_index_counts_are_exact(blend, tokenizer):
     assert any(name.endswith("dataset_index.npy") for name in __import__("os").listdir(blend.path_to_cache))
 
 
+def test_a_real_stream_in_pieces_is_seen_exactly_e_times(blend, tokenizer, tmp_path):
+    """Two real prefixes are one stream: each piece gets its share of every pass and each of its samples is
+    drawn exactly E times; the fraction r is that of the whole."""
+    from megadoc_data.datasets import check_plan
+
+    blend.real_prefix = [blend.real_prefix, write_dataset(tmp_path / "real2", [300] * 20, dtype=numpy.int32, seed=6)]
+    plan = check_plan(blend, tokenizer)
+    train, _, _ = build_datasets(blend, tokenizer)
+    counts = numpy.bincount(train.dataset_index, minlength=4)
+    assert [p.pass_sequences for p in plan.real_parts] == [187, 93]  # 70 batches of 4: every sample of both
+    for i, part in enumerate(plan.real_parts):
+        assert counts[i] == part.sequences == 4 * part.pass_sequences
+        drawn = train.datasets[i].order[train.dataset_sample_index[train.dataset_index == i]]
+        assert (numpy.bincount(drawn, minlength=part.pass_sequences) == 4).all()
+    assert counts[2] + counts[3] == 3 * (counts[0] + counts[1]) == 0.75 * len(train)
+
+
 def test_the_index_cache_needs_the_callers_world(blend, tokenizer):
     """Building never starts a process group behind the caller's back."""
     import torch.distributed as dist

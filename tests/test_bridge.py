@@ -17,7 +17,7 @@ EXPECTED = ("test_300m_recipe_is_the_papers_model_and_optimizer", "test_producti
             "test_core_loop_on_the_same_plan_consumes_the_same_samples",
             "test_megadoc_eval_of_a_bridge_checkpoint_is_bridges_own_model",
             "test_export_is_autobridges_and_transformers_reproduces_the_logits",
-            "test_bridge_pipeline_dry_run_launches_the_megadoc_recipe")
+            "test_bridge_pipeline_dry_run_launches_the_megadoc_recipe", "test_weight_decay_mask_param_groups")
 STACK = {"torch", "numpy", "megatron-core", "megatron-bridge", "transformer-engine", "transformers", "nemo-run"}
 """What a NeMo container brings and megadoc must leave as it is."""
 

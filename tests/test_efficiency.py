@@ -131,5 +131,64 @@ def test_fitted_data_law_and_parameter_asymptotes_from_the_registry(tmp_path, ca
             for row in csv.DictReader((out / "efficiency.csv").open())}
     assert float(rows["simple", "32", str(int(D_REAL))]["data_efficiency"]) == pytest.approx(2.0, rel=1e-3)
     text = (out / "efficiency.md").read_text()
-    assert "Real-only law (fitted): L(D) = 145.6 / D^0.2350 + 1.9300" in text
-    assert "| stitched | 32 | 203700000 | 4 | 0.05 / N^1.02 + **3.430** |" in text
+    assert "Real-only law L(D) = 145.6 / D^0.2350 + 1.9300, fitted to 4 real-token budgets, R^2 = 1.0000" in text
+    assert "| stitched | 32 | 203700000 | 4 | 4 | 0.05 / N^1.02 + **3.4300** |" in text
+
+
+def _seeded(registry, law, noise, seeds=(0, 1, 2)):
+    """Real-only runs at four budgets and a simple run, each repeated over `seeds` with loss noise per seed."""
+    for tokens in (D_REAL, 2 * D_REAL, 4 * D_REAL, 8 * D_REAL):
+        for seed in seeds:
+            record_run(registry, RunRecord(run=f"real{tokens:.0f}-s{seed}", method="real", generations=0,
+                                           real_tokens=int(tokens), real_epochs=16, synthetic_fraction=None, lr=3e-3,
+                                           weight_decay=1.6, seed=seed,
+                                           iid_loss=float(law(int(tokens))) + noise * (seed - 1)))
+    for seed in seeds:
+        record_run(registry, _run(f"s32-s{seed}", 16, 0.75, 3e-3, 0.4, float(law(2 * D_REAL)) + noise * (1 - seed)))
+
+
+def test_seeds_average_and_the_bootstrap_interval_brackets_the_efficiency(tmp_path, capsys):
+    """Repeats of one configuration are averaged (the best configuration is the best mean), and the data efficiency
+    gets a bootstrap interval over seeds that contains it; without repeats there is no interval."""
+    from megadoc.analysis.efficiency import EfficiencyConfig, analyse
+
+    law = PowerLaw(A=145.6, alpha=0.235, C=1.93)
+    registry = tmp_path / "runs.csv"
+    _seeded(registry, law, noise=0.01)
+    record_run(registry, _run("s32-lucky", 8, 0.75, 3e-3, 0.4, float(law(3 * D_REAL))))  # one lucky seed of E=8
+    record_run(registry, _run("s32-unlucky", 8, 0.75, 3e-3, 0.4, float(law(D_REAL))))
+    analysis = analyse(EfficiencyConfig(str(registry), str(tmp_path / "eff")))
+    row = next(row for row in analysis.rows if row["method"] == "simple")
+    assert row["run"] == "s32-s0" and row["seeds"] == 3  # E=16's mean beats E=8's (3.xx vs the lucky seed alone)
+    assert row["data_efficiency"] == pytest.approx(2.0, rel=1e-3)  # the seed noise cancels in the mean
+    assert row["de_low"] < row["data_efficiency"] < row["de_high"] and row["de_high"] - row["de_low"] > 0.05
+    assert analysis.resamples > 900 and analysis.r2 > 0.99
+    assert [p["seeds"] for p in analysis.real_points] == [3, 3, 3, 3]
+
+    single = tmp_path / "single.csv"
+    _seeded(single, law, noise=0.0, seeds=(0,))
+    analysis = analyse(EfficiencyConfig(str(single), str(tmp_path / "eff1")))
+    assert analysis.resamples == 0 and all(row["de_low"] is None for row in analysis.rows)
+    assert main(["efficiency", "--registry", str(registry), "--output-dir", str(tmp_path / "eff")]) == 0
+    out = capsys.readouterr().out
+    assert "R^2 = " in out and "95% bootstrap over seeds" in out and "[" in out
+
+
+def test_ensemble_asymptote_from_loss_vs_k(tmp_path, capsys):
+    """Ensemble rows (members = K) of one configuration follow A / K^alpha + C: efficiency reports C."""
+    law = PowerLaw(A=0.06, alpha=0.99, C=3.20)  # PAPER.md §4c, latent thoughts (16), per member
+    registry = tmp_path / "runs.csv"
+    for seed in range(3):
+        record_run(registry, _run(f"z16-s{seed}", 16, 0.75, 3e-3, 0.4, float(law(1)), method="stretched", G=16))
+    for k in (2, 3, 4, 5):
+        record_run(registry, RunRecord(**{**_run("z16", 16, 0.75, 3e-3, 0.4, float(law(k)), method="stretched",
+                                                 G=16).__dict__, "run": f"z16-ens{k}", "members": k}))
+    record_run(registry, RunRecord(run="real", method="real", generations=0, real_tokens=int(D_REAL), real_epochs=16,
+                                   synthetic_fraction=None, lr=3e-3, weight_decay=1.6, iid_loss=L_BASE))
+    out = tmp_path / "eff"
+    assert main(["efficiency", "--registry", str(registry), "--output-dir", str(out), "--alpha", "0.235",
+                 "--asymptote", "1.93"]) == 0, capsys.readouterr().err
+    assert "ensembles K -> infinity: loss 3.2000" in capsys.readouterr().out
+    assert "0.06 / K^0.99 + **3.2000**" in (out / "efficiency.md").read_text()
+    rows = list(csv.DictReader((out / "efficiency.csv").open()))
+    assert {row["run"] for row in rows} == {"z16-s0", "real"}  # ensembles are not runs of the table

@@ -50,3 +50,18 @@ def test_curve_json_round_trips(tmp_path):
     curve = acc.curve(4, beyond=(4,))
     save_curve(curve, tmp_path / "curve.json")
     assert load_curve(tmp_path / "curve.json") == curve
+
+
+def test_bucket_standard_error_over_windows(tmp_path):
+    """Kept per window, each bucket gets the standard error of the windows' bucket means (added in any order)."""
+    rng = np.random.default_rng(1)
+    losses = rng.random((5, 8)) * 4
+    acc = LossAccumulator(8, windows=5)
+    for window in (4, 1, 3, 0, 2):
+        acc.add(losses[window], np.arange(8), window_ids=np.full(8, window))
+    curve = acc.curve(4)
+    bucket_means = losses.reshape(5, 2, 4).mean(axis=2)
+    assert curve.stderr == pytest.approx(list(bucket_means.std(axis=0, ddof=1) / np.sqrt(5)))
+    assert curve.windows == 5 and curve.tokens == [20, 20]
+    save_curve(curve, tmp_path / "curve.json")
+    assert load_curve(tmp_path / "curve.json") == curve

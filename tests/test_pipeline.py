@@ -133,3 +133,83 @@ def test_trainer_settings_fail_in_one_line(tmp_path, change, words):
 def test_cpus_per_task_default_to_three_per_rank(tmp_path):
     config = load_pipeline(_write(tmp_path, {**FULL, "train": {**FULL["train"], "nproc_per_node": 8}}))
     assert [config.cpus_per_task(kind) for kind in ("cpu", "generate", "train", "eval")] == [2, 2, 24, 24]
+
+
+def test_data_budgets_seeds_and_ablations_become_runs(tmp_path):
+    """Budgets become nested split subsets, tokenized and trained real-only with their own settings; seeds repeat
+    runs (the data law's own seeds for real only); each ablation preset is a run under its own method name, on its
+    own stream where its assembly differs; every command parses under its stage's parser."""
+    config = load_pipeline(_write(tmp_path, {
+        **FULL, "methods": ["simple", "stitched"], "seeds": [1, 2],
+        "split": {**FULL["split"], "short_docs": 4, "short_max_tokens": 50},
+        "data_budgets": {"budgets": [0.25, {"budget": 0.5, "real_epochs": 8, "weight_decay": 0.8}], "seeds": [1, 2, 3]},
+        "ablations": ["real-first", "no-real-copy", "random-order", "block-cross-document-attention",
+                      "no-real-data"]}))
+    parsed = {step.name: [build_parser(c[0]).parse_args(c[1:] + (["--shard-index", "0"] if step.array else []))
+                          for c in step.commands] for step in steps(config)}
+    (split,) = parsed["split"]
+    assert (split.budgets, split.short_docs, split.short_max_tokens) == ([0.25, 0.5], 4, 50)
+    tokenized = {args.output_prefix.rsplit("/", 1)[1] for args in parsed["tokenize"]}
+    assert tokenized == {"train", "valid_iid", "valid_long", "valid_short", "budget-0.25", "budget-0.5"}
+    train = {name.removeprefix("train-"): args[0] for name, args in parsed.items() if name.startswith("train-")}
+    real = ["real", "real-seed2"] + [f"real{b}{s}" for b in ("-b0.25", "-b0.5") for s in ("", "-seed2", "-seed3")]
+    ablations = ["stitched-real-first", "stitched-no-real-copy", "simple-no-real-copy", "stitched-random-order",
+                 "real-blocked-attention", "simple-blocked-attention", "stitched-blocked-attention",
+                 "stitched-no-real-data"]
+    assert sorted(train) == sorted(real + [f"{m}{s}" for m in ["simple", "stitched", *ablations]
+                                           for s in ("", "-seed2")])
+    half = train["real-b0.5-seed3"]
+    assert (half.real_path.endswith("/tokens/budget-0.5"), half.real_epochs, half.weight_decay, half.seed,
+            half.base_steps, half.method) == (True, 8, 0.8, 3, None, "real")
+    assert (train["real-b0.25"].real_epochs, train["real-b0.25"].weight_decay, train["real"].base_steps) == (16, 1.6, 7)
+    first = train["stitched-real-first-seed2"]
+    assert first.synthetic_path[0].endswith("/tokens/stitched-real-first") and first.seed == 2
+    assembled = {name.removeprefix("assemble-"): args[0] for name, args in parsed.items() if name.startswith("assemble")}
+    assert (assembled["stitched-real-first"].real_position, assembled["simple-no-real-copy"].real_position,
+            assembled["stitched-random-order"].order) == ("first", "none", "random")
+    assert set(assembled) == {"simple", "stitched", "stitched-real-first", "stitched-no-real-copy",
+                              "simple-no-real-copy", "stitched-random-order"}
+    blocked = train["stitched-blocked-attention"]
+    assert blocked.block_cross_document_attention and blocked.synthetic_path[0].endswith("/tokens/stitched")
+    assert train["real-blocked-attention"].block_cross_document_attention and not train["real"].block_cross_document_attention
+    alone = train["stitched-no-real-data"]
+    assert alone.real_path.endswith("/tokens/stitched") and alone.real_tokens_from.endswith("/tokens/train")
+    assert alone.synthetic_path == [] and alone.method == "stitched-no-real-data"
+    assert {name for name in parsed if name.startswith("eval-")} == {f"eval-{key}" for key in train}
+    assert all(args[0].short_valid_path.endswith("/tokens/valid_short") for name, args in parsed.items()
+               if name.startswith("eval-"))
+    (report,) = [step for step in steps(config) if step.name == "report"]
+    assert set(report.after) == {f"eval-{key}" for key in train}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"data_budgets": {"budgets": [0.5, 1]}}, "not 1 (the full split always runs)"),
+    ({"data_budgets": {"budgets": [{"budget": 0.5, "epochs": 3}]}}, "data_budgets.budgets[0]: unknown key(s) epochs"),
+    ({"seeds": [1, 1]}, "seeds: [1, 1] must be distinct"),
+    ({"ablations": ["nope"]}, "'nope' is not one of"),
+    ({"generate": {"rephrases": None}, "methods": ["stretched"], "ablations": ["no-real-copy"]},
+     "stitched-no-real-copy needs rephrases"),
+])
+def test_bad_experiments_fail_in_one_line(tmp_path, change, words):
+    with pytest.raises(MegadocError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_pipeline(_write(tmp_path, {**FULL, **change}))
+
+
+def test_methods_on_a_budget_and_the_law_beyond_it(tmp_path):
+    """data_budgets.methods: generation, assembly and the methods' real stream come from that budget (which also
+    runs real only), while the law's larger budgets and the full split reach past it."""
+    config = load_pipeline(_write(tmp_path, {**FULL, "methods": ["stitched"], "ablations": ["no-real-data",
+                                                                                           "block-cross-document-attention"],
+                                             "data_budgets": {"budgets": [0.5, 0.1], "methods": 0.25}}))
+    parsed = {step.name: [build_parser(c[0]).parse_args(c[1:] + (["--shard-index", "0"] if step.array else []))
+                          for c in step.commands] for step in steps(config)}
+    assert sorted(parsed["split"][0].budgets) == [0.1, 0.25, 0.5]
+    assert parsed["generate-rephrase"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
+    assert parsed["assemble-stitched"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
+    budget = str(tmp_path / "work/tokens/budget-0.25")
+    assert parsed["train-stitched"][0].real_path == budget == parsed["train-real-b0.25"][0].real_path
+    assert parsed["train-stitched-no-real-data"][0].real_tokens_from == budget
+    assert parsed["train-real-blocked-attention"][0].real_path == budget
+    assert parsed["train-real"][0].real_path == str(tmp_path / "work/tokens/train")
+    assert {name for name in parsed if name.startswith("train-real-b") and name[12].isdigit()} == \
+        {"train-real-b0.1", "train-real-b0.25", "train-real-b0.5"}

@@ -54,9 +54,10 @@ def test_report_draws_every_figure(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     text = (out / "report.md").read_text()
     assert "| stitched | 32 | stitched32 |" in text and "3.3840" in text  # the best of the two G=32 runs
-    assert "| simple | 32 | simple32 | 16 | 0.75 | 0.003 | 0.4 | 3.4100 | 3.7100 |  | 1.49x |" in text
+    assert "| simple | 32 | simple32 | 1 | 16 | 0.75 | 0.003 | 0.4 | 3.4100 | 3.7100 |  | 1.49x |" in text
     assert "Runs: real16, stitched32." in text
-    for name in ("loss_vs_G_iid.png", "loss_vs_G_long.png", "loss_by_position.png", "efficiency.png"):
+    for name in ("loss_vs_G_iid.png", "loss_vs_G_long.png", "loss_by_position.png", "efficiency.png",
+                 "loss_vs_real_tokens.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     assert not (out / "loss_vs_G_short.png").exists()
 

@@ -77,8 +77,38 @@ def test_no_validation_document_reaches_a_synthetic_stream(tmp_path, dclm_sample
         sources = [json.loads(line)["id"].split("/")[0] for line in stream.read_text().splitlines()]
         assert set(sources) == set(train)
         check_no_leak(sources, validation, what=str(stream))
-    # Generations made from the whole corpus (validation documents included) are refused against the train split.
+    # Generations made from the whole corpus (validation documents included) are refused against the train split
+    # (its validation_ids.txt is found beside it).
     everything = write_generations(tmp_path / "gen-all", _rephrases(_ids(out / "train.jsonl") + sorted(validation)))
     argv = ["assemble", "--method", "simple", "--input", str(out / "train.jsonl"), "--generations", everything,
             "--output", str(tmp_path / "leaky.jsonl")]
-    assert main(argv) == 1 and "not in the corpus" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(argv) == 1 and "generations of validation document" in capsys.readouterr().err
+
+
+def test_short_set_and_nested_data_budgets(tmp_path, dclm_sample, llama3_hf, capsys):
+    from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
+
+    out = tmp_path / "out"
+    argv = ["split", "--input", str(dclm_sample), "--output-dir", str(out), "--iid-docs", "10", "--long-docs", "2",
+            "--long-min-tokens", "1024", "--short-docs", "8", "--short-max-tokens", "200", "--budgets", "0.25",
+            "0.5", "20000", "--tokenizer-model", str(llama3_hf)]
+    assert main(argv) == 0, capsys.readouterr().err
+    tokenizer = build_tokenizer(TokenizerSpec(str(llama3_hf)))
+    short = [json.loads(line)["text"] for line in (out / "valid_short.jsonl").read_text().splitlines()]
+    assert len(short) == 8 and max(len(ids) for ids in tokenizer.encode_batch(short)) <= 200
+    train = _ids(out / "train.jsonl")
+    assert len(train) == 218 - 20 and load_validation_ids(out) == set(_ids(out / "valid_short.jsonl")) | \
+        set(_ids(out / "valid_iid.jsonl")) | set(_ids(out / "valid_long.jsonl"))
+    summary = json.loads((out / "split.json").read_text())
+    budgets = {label: _ids(out / "budgets" / f"{label}.jsonl") for label in ("0.25", "0.5", "20000")}
+    assert set(budgets["0.25"]) < set(budgets["0.5"]) <= set(train) and set(budgets["20000"]) <= set(train)
+    assert [i for i in train if i in set(budgets["0.5"])] == budgets["0.5"]  # corpus order, as train.jsonl
+    for label, target in (("0.25", 0.25 * summary["train_tokens"]), ("0.5", 0.5 * summary["train_tokens"]),
+                          ("20000", 20000)):
+        texts = [json.loads(line)["text"] for line in (out / "budgets" / f"{label}.jsonl").read_text().splitlines()]
+        tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+        assert tokens == summary["budgets"][label]["tokens"] >= target  # the shortest prefix reaching the budget
+    assert main(argv[:-6] + ["--budgets", "2", "--tokenizer-model", str(llama3_hf)]) == 0  # 2 tokens: one document
+    assert main(argv[:-6] + ["--budgets", "1e9", "--tokenizer-model", str(llama3_hf)]) == 1
+    assert "training split has" in capsys.readouterr().err

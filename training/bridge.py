@@ -41,6 +41,8 @@ def add_arguments(parser) -> None:
                           "pattern, as megadoc train names it)")
     registry.add_argument("--method", default=None, help="synthetic stream kind (default: real, or 'synthetic')")
     registry.add_argument("--generations", type=int, default=0, help="G: synthetic generations per document")
+    registry.add_argument("--real-tokens-from", metavar="PREFIX", help="a run on synthetic data alone (real_path "
+                          "is a synthetic stream): the real prefix its documents came from, whose tokens are its D")
     parser.add_argument("recipe", help="150m, 300m, 600m, 1.5b or tiny, or megadoc_<size>_pretrain_config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe arguments (real_path=..., real_epochs=32) and ConfigContainer overrides "
@@ -172,7 +174,7 @@ def run(args) -> int:
     config = run_config(cfg)
     check_resumable(cfg.checkpoint.load, config.recipe)
     if args.registry:
-        record = run_record(config, args.method, args.generations, args.run, save)
+        record = run_record(config, args.method, args.generations, args.run, save, args.real_tokens_from)
         config = replace(config, name=record.run)
         if global_rank() == 0:
             record_run(args.registry, record)

@@ -175,6 +175,8 @@ class RunConfig:
     """The run's name in the runs registry (`megadoc eval --registry` updates that row)."""
     backend: str = "core"
     """What trained it: `core` (megadoc train's Megatron-Core loop) or `bridge` (Megatron-Bridge's pretrain)."""
+    block_cross_document_attention: bool = False
+    """Whether documents attended only to themselves (the blend's flag, or --data-path's); eval attends the same."""
 
 
 def global_rank() -> int:
@@ -242,7 +244,8 @@ def run_config_from_bridge(config: dict, vocab_size: int) -> RunConfig:
     dataset = config.get("dataset") or {}
     blend = {k: v for k, v in dataset["blend"].items() if k != "_target_"} if "blend" in dataset else None
     return RunConfig(recipe=recipe, train_iters=train["train_iters"], seed=config["rng"]["seed"], blend=blend,
-                     backend="bridge")
+                     backend="bridge", block_cross_document_attention=bool((blend or {}).get(
+                         "block_cross_document_attention")))
 
 
 def check_resumable(load_dir: str | None, recipe: TrainingRecipe) -> None:

@@ -26,9 +26,12 @@ LOG_NAME = "train_log.jsonl"
 
 
 def build_optimizer(model, recipe: TrainingRecipe):
-    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping; with bf16 the
+    """Megatron's AdamW (plain, not distributed), with the recipe's betas, eps, decay and clipping, and the paper's
+    weight-decay mask (levanter's: no decay on embeddings, norms, biases; `recipes.weight_decay`); with bf16 the
     mixed-precision one (fp32 main params and grads, no loss scaling)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megadoc.recipes.weight_decay import weight_decay_overrides
 
     opt = recipe.optimizer
     config = OptimizerConfig(
@@ -36,7 +39,15 @@ def build_optimizer(model, recipe: TrainingRecipe):
         adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
         bf16=model.config.bf16, params_dtype=torch.float32, use_distributed_optimizer=False,
     )
-    return get_megatron_optimizer(config, [model])
+    return get_megatron_optimizer(config, [model], config_overrides=weight_decay_overrides())
+
+
+def set_schedule(optimizer, lr: float, opt: OptimizerRecipe) -> None:
+    """This step's learning rate, and each group's weight decay times its wd_mult (0 where the mask says no decay),
+    as Megatron's OptimizerParamScheduler sets them under Megatron-LM and Bridge."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = opt.weight_decay * group.get("wd_mult", 1.0)
 
 
 def learning_rate(step: int, train_iters: int, opt: OptimizerRecipe) -> float:
@@ -85,15 +96,20 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, {"lm loss": loss.detach().clone()}
 
 
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, document_masks: bool = False):
+    """As pretrain_gpt's; `document_masks`: the samples' attention masks (blocked cross-document attention) instead
+    of the model's causal mask. Position resets come with them; RoPE makes attention scores depend only on relative
+    positions, so within a document they change nothing."""
     batch = next(data_iterator)
     tokens, position_ids, labels, loss_mask = (  # as pretrain_gpt; a no-op under the device shim
         batch[key].cuda(non_blocking=True) for key in ("tokens", "position_ids", "labels", "loss_mask"))
-    output = model(tokens, position_ids, None, labels=labels)
+    mask = batch["attention_mask"].cuda(non_blocking=True) if document_masks else None
+    output = model(tokens, position_ids, mask, labels=labels)
     return output, partial(loss_func, loss_mask)
 
 
-def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int):
+def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatches: int, seq_length: int,
+               document_masks: bool = False):
     """One optimizer step over a global batch; the mean loss on the last pipeline stage (None elsewhere)."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel.schedules import get_forward_backward_func
@@ -101,7 +117,8 @@ def train_step(model, optimizer, iterator, recipe: TrainingRecipe, num_microbatc
     model.zero_grad_buffer()
     optimizer.zero_grad()
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iterator, model=[model], num_microbatches=num_microbatches,
+        forward_step_func=partial(forward_step, document_masks=document_masks), data_iterator=iterator,
+        model=[model], num_microbatches=num_microbatches,
         seq_length=seq_length, micro_batch_size=recipe.micro_batch_size, forward_only=False)
     update_successful, grad_norm, _ = optimizer.step()
     if not update_successful:
@@ -155,10 +172,10 @@ def train(run: RunConfig, dataset, save: str | None = None, save_interval: int |
     model.train()
     while state.iteration < min(train_iters, exit_interval or train_iters):
         lr = learning_rate(state.iteration + 1, train_iters, recipe.optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_schedule(optimizer, lr, recipe.optimizer)
         step_start = time.perf_counter()
-        loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length)
+        loss, grad_norm = train_step(model, optimizer, iterator, recipe, num_microbatches, recipe.model.seq_length,
+                                     run.block_cross_document_attention)
         state.iteration += 1
         state.consumed_samples += recipe.global_batch_size
         if writes_log:

@@ -17,6 +17,8 @@ from megadoc.files import atomic_write
 from megadoc.errors import MegadocError
 
 REAL_ONLY = "real"
+DEFAULT_SEED = 1234
+"""The seed runs are named without (the paper's names carry none for its default seed)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,20 @@ class RunRecord:
     """Mean cross-entropy on short validation documents."""
     loss_by_position: str = ""
     """Path of the loss-by-position JSON (`megadoc.evaluation.metrics.save_curve`), relative to the registry's folder."""
+    seed: int | None = None
+    """Training seed (model init, data order): runs that differ only in it are one configuration's repeats."""
+    members: int = 1
+    """K: models whose logits an evaluation averaged (an ensemble row, `megadoc eval --load A B ...`); 1: one run."""
+
+    def configuration(self) -> tuple:
+        """What the run trained, all but its seed: runs with equal configurations are repeats of one experiment."""
+        return (self.method, self.generations, self.real_tokens, self.real_epochs, self.synthetic_fraction, self.lr,
+                self.weight_decay, self.params, self.seq_length, self.recipe)
 
 
 COLUMNS = [field.name for field in fields(RunRecord)]
 _TYPES = {field.name: field.type for field in fields(RunRecord)}
+_DEFAULTS = {"members": 1}
 
 
 def _parse(name: str, text: str, where: str):
@@ -66,6 +78,8 @@ def _parse(name: str, text: str, where: str):
     if kind is str:
         return text
     if text == "":
+        if name in _DEFAULTS:  # a column added after the registry was written
+            return _DEFAULTS[name]
         if kind in (int, float):
             raise MegadocError(f"{where}: column {name!r} is empty")
         return None
@@ -137,9 +151,12 @@ def update_run(path: str | os.PathLike, name: str, **results) -> RunRecord:
     return runs[index]
 
 
-def run_record(run, method: str | None, generations: int, name: str | None, checkpoint: str | None) -> RunRecord:
+def run_record(run, method: str | None, generations: int, name: str | None, checkpoint: str | None,
+               real_tokens_from: str | None = None) -> RunRecord:
     """A run's registry row from its run config (`training.checkpoints.RunConfig`, so from the plan actually
-    trained), for either trainer; named by the paper's pattern (megadoc.recipes.sweep) unless `name` is given."""
+    trained), for either trainer; named by the paper's pattern (megadoc.recipes.sweep, with -seed<N> unless the seed
+    is the default) unless `name` is given. `real_tokens_from`: the real prefix a synthetic-only run's documents
+    came from (its D)."""
     from megadoc.recipes.sweep import run_name
     from megadoc_data.sources import read_source
 
@@ -150,15 +167,20 @@ def run_record(run, method: str | None, generations: int, name: str | None, chec
         epochs, fraction = plan["real_epochs"], plan["synthetic_fraction"] or None
     else:
         real_tokens, epochs, fraction = read_source(run.data_path).tokens, 1.0, None
+    if real_tokens_from:  # all of it synthetic (r = 1): D is one pass over the real documents it came from
+        length, batch = recipe.model.seq_length, recipe.global_batch_size
+        real_tokens = read_source(real_tokens_from).samples_per_pass(length) // batch * batch * length
+        fraction = 1.0
     method = method or ("synthetic" if fraction else REAL_ONLY)
     stream = None if fraction is None else f"{method}{generations}"
     name = name or run_name(recipe.model.run_prefix, real_tokens, epochs, recipe.optimizer.lr,
-                            recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0)
+                            recipe.optimizer.weight_decay, recipe.global_batch_size, stream, fraction or 0.0,
+                            seed=None if run.seed == DEFAULT_SEED else run.seed)
     return RunRecord(
         run=name, method=method, generations=generations, real_tokens=real_tokens, real_epochs=epochs,
         synthetic_fraction=fraction, lr=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay,
         params=recipe.model.parameter_count(recipe.vocab_size), seq_length=recipe.model.seq_length,
-        recipe=recipe.model.name, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "")
+        recipe=recipe.model.name, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "", seed=run.seed)
 
 
 def _read_if_any(path: str | os.PathLike) -> list[RunRecord]:

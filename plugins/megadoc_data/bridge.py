@@ -34,6 +34,16 @@ class MegadocDatasetProvider(DatasetProvider):
     def seq_length(self) -> int:
         return self.blend.seq_length
 
+    @property
+    def skip_getting_attention_mask_from_dataset(self) -> bool:
+        """Bridge's get_batch hands the model the samples' attention masks only when this is False."""
+        return not self.blend.block_cross_document_attention
+
+    @property
+    def create_attention_mask(self) -> bool:
+        """Whether samples carry attention masks (Bridge broadcasts them to later pipeline stages)."""
+        return self.blend.block_cross_document_attention
+
     def build_datasets(self, context):
         from megadoc_data.datasets import build_datasets
 

@@ -7,13 +7,19 @@ from dataclasses import dataclass, field
 
 from megadoc.errors import MegadocError
 
+MAX_TRAIN_ITERS = 10_000_000
+"""Plans of more steps are refused unless `force`: ~3 years at the paper's 0.1 s/step, so almost surely a typo in E
+or r (r = 0.9999999999 asks for 10^10 x base_steps)."""
+
 
 @dataclass
 class MegadocBlendConfig:
     """A real stream epoched E times, mixed with synthetic streams that make up the fraction r of training."""
 
-    real_prefix: str
-    """Megatron indexed dataset prefix (P.bin / P.idx) of the real training documents."""
+    real_prefix: str | list[str]
+    """Megatron indexed dataset prefix (P.bin / P.idx) of the real training documents, or the prefixes of the
+    pieces of one real stream (a big corpus tokenized in parts): read as one stream, epoched together, each piece
+    packed on its own (as Megatron-LM packs each --data-path prefix)."""
 
     synthetic_prefixes: list[str] = field(default_factory=list)
     """Prefixes of the synthetic streams (simple, stitched or stretched megadocs)."""
@@ -49,9 +55,23 @@ class MegadocBlendConfig:
     path_to_cache: str | None = None
     """Where Megatron-Core caches the index arrays (shared by ranks; rank 0 builds first)."""
 
+    force: bool = False
+    """Accept a plan of more than MAX_TRAIN_ITERS steps."""
+
+    block_cross_document_attention: bool = False
+    """Attend only within a document (Megatron's reset_attention_mask at each EOD, and reset_position_ids); False,
+    the paper's setting for every run, lets a packed sequence attend across document boundaries (its ablation
+    blocks it)."""
+
+    @property
+    def real_prefixes(self) -> list[str]:
+        return [self.real_prefix] if isinstance(self.real_prefix, str) else list(self.real_prefix)
+
     def __post_init__(self):
-        if not self.real_prefix:
+        if not self.real_prefix or not all(self.real_prefixes):
             raise MegadocError("real_prefix: a real dataset prefix is required")
+        if len(set(self.real_prefixes)) != len(self.real_prefixes):
+            raise MegadocError(f"real_prefix: {' '.join(self.real_prefixes)} names a prefix twice")
         if not 0.0 <= self.synthetic_fraction < 1.0:
             raise MegadocError(f"synthetic_fraction: {self.synthetic_fraction} is outside [0, 1)")
         if not (self.real_epochs > 0 and math.isfinite(self.real_epochs)):
@@ -87,7 +107,8 @@ def add_blend_arguments(parser, prefix: str = "", validation: bool = True, train
     `trainer` adds what a trainer otherwise gives (--seq-length, --global-batch-size, --seed, --data-cache-path)
     for a stage without one (`megadoc blend`)."""
     group = parser.add_argument_group("megadoc blend")
-    group.add_argument(f"--{prefix}real-path", required=required, help="real training dataset prefix (P.bin / P.idx)")
+    group.add_argument(f"--{prefix}real-path", nargs="+", required=required,
+                       help="real training dataset prefix (P.bin / P.idx), or the prefixes of its pieces (one stream)")
     group.add_argument(f"--{prefix}synthetic-path", nargs="+", default=[],
                        help="synthetic prefixes, optionally Megatron-style 'w1 p1 w2 p2' (weights sum to 1)")
     group.add_argument(f"--{prefix}real-epochs", type=float, default=1.0, help="E: passes over the real stream")
@@ -95,10 +116,15 @@ def add_blend_arguments(parser, prefix: str = "", validation: bool = True, train
                        help="r: synthetic share of training sequences, in [0, 1)")
     group.add_argument(f"--{prefix}base-steps", type=int, default=None,
                        help="global batches per real pass (default: one full pass over the real tokens)")
+    group.add_argument(f"--{prefix}force", action="store_true",
+                       help=f"accept a plan of more than {MAX_TRAIN_ITERS:,} steps")
     if validation:
         group.add_argument(f"--{prefix}valid-path", nargs="*", default=[], help="i.i.d. validation prefixes")
         group.add_argument(f"--{prefix}long-valid-path", nargs="*", default=[],
                            help="long-document validation prefixes")
+    group.add_argument(f"--{prefix}block-cross-document-attention", action="store_true",
+                       help="attend only within a document (EOD-based masks and position resets); the paper "
+                            "attends across documents")
     if trainer:
         group.add_argument("--seq-length", type=int, default=4096)
         group.add_argument("--global-batch-size", type=int, default=64)
@@ -134,7 +160,10 @@ def blend_from_args(args, prefix: str = "", **trainer) -> MegadocBlendConfig:
     values = dict(seq_length=getattr(args, "seq_length", None), global_batch_size=getattr(args, "global_batch_size", None),
                   seed=getattr(args, "seed", None), path_to_cache=getattr(args, "data_cache_path", None))
     values.update(trainer)
+    real = get("real_path")
     return MegadocBlendConfig(
-        real_prefix=get("real_path"), synthetic_prefixes=prefixes, synthetic_weights=weights,
+        real_prefix=real[0] if isinstance(real, list) and len(real) == 1 else real, synthetic_prefixes=prefixes,
+        synthetic_weights=weights,
         real_epochs=get("real_epochs"), synthetic_fraction=get("synthetic_fraction"), base_steps=get("base_steps"),
-        valid_prefixes=get("valid_path", []), long_valid_prefixes=get("long_valid_path", []), **values)
+        valid_prefixes=get("valid_path", []), long_valid_prefixes=get("long_valid_path", []), force=get("force", False),
+        block_cross_document_attention=get("block_cross_document_attention", False), **values)

@@ -70,16 +70,26 @@ class VocabOnlyTokenizer:
         return {"class": type(self).__name__, "vocab_size": self.vocab_size}
 
 
+def document_masking(block_cross_document_attention: bool) -> dict:
+    """GPTDatasetConfig's attention fields: Megatron's EOD-based attention masks and position resets when documents
+    may not attend to each other (the samples' attention_mask is then the one to use), none otherwise. EOD tokens
+    keep their loss either way, as in the paper's runs."""
+    block = block_cross_document_attention
+    return dict(reset_position_ids=block, reset_attention_mask=block, eod_mask_loss=False)
+
+
 def single_prefix_dataset(prefix: str, tokenizer, seq_length: int, seed: int, num_samples: int | None = None,
-                          path_to_cache: str = ""):
-    """One .bin/.idx prefix packed as training packs it (documents shuffled and concatenated with their EODs,
-    cross-document attention on, no EOD masking): `num_samples` samples, or None for one epoch (every window
+                          path_to_cache: str = "", block_cross_document_attention: bool = False):
+    """One .bin/.idx prefix packed as training packs it (documents shuffled and concatenated with their EODs, no EOD
+    masking, cross-document attention on unless blocked): `num_samples` samples, or None for one epoch (every window
     once). path_to_cache "" builds the indices in memory, never beside the data."""
-    read_source(prefix)  # a missing or inconsistent pair fails in one line, before Megatron-Core reads it
+    source = read_source(prefix)  # a missing or inconsistent pair fails in one line, before Megatron-Core reads it
+    if hasattr(tokenizer, "fingerprint"):
+        check_vocab(source, tokenizer)
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
-        path_to_cache=path_to_cache, tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False,
-        eod_mask_loss=False, create_attention_mask=False)
+        path_to_cache=path_to_cache, tokenizer=tokenizer, create_attention_mask=block_cross_document_attention,
+        **document_masking(block_cross_document_attention))
     indexed = IndexedDataset(prefix, multimodal=False)
     return GPTDataset(indexed, prefix, numpy.arange(len(indexed), dtype=numpy.int32), num_samples, Split.train,
                       config)
@@ -88,11 +98,11 @@ def single_prefix_dataset(prefix: str, tokenizer, seq_length: int, seed: int, nu
 def gpt_config(config: MegadocBlendConfig, tokenizer, **overrides) -> GPTDatasetConfig:
     """The Megatron-Core config every source is built with (no surplus: counts are exact)."""
     fields = dict(random_seed=config.seed, sequence_length=config.seq_length,
-                  blend_per_split=[([config.real_prefix] + config.synthetic_prefixes, None),
+                  blend_per_split=[(config.real_prefixes + config.synthetic_prefixes, None),
                                    ((config.valid_prefixes + config.long_valid_prefixes) or None, None)
                                    if config.valid_prefixes or config.long_valid_prefixes else None, None],
-                  path_to_cache=config.path_to_cache, tokenizer=tokenizer, reset_position_ids=False,
-                  reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.0)
+                  path_to_cache=config.path_to_cache, tokenizer=tokenizer, mid_level_dataset_surplus=0.0,
+                  **document_masking(config.block_cross_document_attention))
     return GPTDatasetConfig(**{**fields, **overrides})
 
 
@@ -117,10 +127,10 @@ def _source(prefix: str, num_samples, split: Split, gpt: GPTDatasetConfig, built
 def check_plan(config: MegadocBlendConfig, tokenizer, train_samples: int | None = None) -> Plan:
     """Every bad-plan check, before anything is built."""
     real, synthetic = read_sources(config)
-    for prefix in [config.real_prefix] + config.synthetic_prefixes + config.valid_prefixes + \
+    for prefix in config.real_prefixes + config.synthetic_prefixes + config.valid_prefixes + \
             config.long_valid_prefixes:
-        check_vocab(read_source(prefix), tokenizer.vocab_size)
-    plan = make_plan(config, real.samples_per_pass(config.seq_length),
+        check_vocab(read_source(prefix), tokenizer)
+    plan = make_plan(config, [r.samples_per_pass(config.seq_length) for r in real],
                      [s.samples_per_pass(config.seq_length) for s in synthetic])
     if train_samples is not None and train_samples != plan.total_sequences:
         raise MegadocError(f"the trainer asks for {train_samples} training samples; the plan has "
@@ -134,7 +144,7 @@ def build_datasets(config: MegadocBlendConfig, tokenizer, train_samples: int | N
     plan = check_plan(config, tokenizer, train_samples)
     _check_process_group(config)
     gpt = gpt_config(config, tokenizer)
-    streams = [(config.real_prefix, plan.real.sequences, plan.real.pass_sequences)]
+    streams = [(p.prefix, p.sequences, p.pass_sequences) for p in plan.real_parts if p.sequences]
     streams += [(s.prefix, s.sequences, None) for s in plan.synthetic]
     datasets = [_source(p, n, Split.train, gpt, built_on_rank, pass_) for p, n, pass_ in streams]
     train = BlendedMegatronDatasetBuilder.build_generic_dataset(

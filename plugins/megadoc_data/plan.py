@@ -11,13 +11,13 @@ point of the paper's grid). The arithmetic uses exact fractions of the decimal r
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
-from megadoc.files import atomic_write
+from megadoc.files import atomic_write, check_output_file
 from megadoc.errors import MegadocError
-from megadoc_data.config import MegadocBlendConfig, add_blend_arguments, blend_from_args
-from megadoc_data.sources import Source, check_same_dtype, read_source
+from megadoc_data.config import MAX_TRAIN_ITERS, MegadocBlendConfig, add_blend_arguments, blend_from_args
+from megadoc_data.sources import Source, check_same_vocabulary, read_source
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Plan:
     total_tokens: int
     real: StreamPlan
     synthetic: list[StreamPlan]
+    real_parts: list[StreamPlan]
+    """The real stream per real prefix (one: `real` itself; several: each piece's share of every pass; empty when
+    the pieces' sizes are unknown, i.e. planned without the data)."""
 
     @property
     def synthetic_sequences(self) -> int:
@@ -73,22 +76,26 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def make_plan(config: MegadocBlendConfig, real_pass_sequences: int | None = None,
+def make_plan(config: MegadocBlendConfig, real_pass_sequences: list[int] | None = None,
               synthetic_pass_sequences: list[int | None] | None = None) -> Plan:
-    """The exact sample counts of every stream; pure arithmetic (pass sizes only fill in the epoch columns)."""
+    """The exact sample counts of every stream; pure arithmetic (pass sizes, one per real prefix and one per
+    synthetic prefix, only fill in base_steps when it is not given, the epoch columns and the real pieces)."""
     gbs, length = config.global_batch_size, config.seq_length
+    real_pass = sum(real_pass_sequences) if real_pass_sequences is not None else None
+    real_name = " ".join(config.real_prefixes)
     base = config.base_steps
     if base is None:
-        if real_pass_sequences is None:
+        if real_pass is None:
             raise MegadocError("base_steps: unknown without the real dataset; pass --base-steps")
-        base = real_pass_sequences // gbs
+        base = real_pass // gbs
         if base == 0:
-            raise MegadocError(f"{config.real_prefix}: {real_pass_sequences} sequences of {length} tokens, fewer than "
-                               f"one global batch of {gbs}")
-    if real_pass_sequences is not None and base * gbs > real_pass_sequences:
-        raise MegadocError(f"base_steps: {base} x {gbs} sequences exceed one pass over {config.real_prefix} "
-                           f"({real_pass_sequences} sequences of {length} tokens)")
+            raise MegadocError(f"{real_name}: {real_pass} sequences of {length} tokens, fewer than one global batch "
+                               f"of {gbs}")
+    if real_pass is not None and base * gbs > real_pass:
+        raise MegadocError(f"base_steps: {base} x {gbs} sequences exceed one pass over {real_name} "
+                           f"({real_pass} sequences of {length} tokens)")
     iters = train_iters(base, config.real_epochs, config.synthetic_fraction)
+    _check_size(iters, base, config)
     total = iters * gbs
     synthetic_total = math.floor(Fraction(str(config.synthetic_fraction)) * total + Fraction(1, 2))
     synthetic_counts = apportion(synthetic_total, config.synthetic_weights) if config.synthetic_prefixes else []
@@ -96,13 +103,40 @@ def make_plan(config: MegadocBlendConfig, real_pass_sequences: int | None = None
         if count == 0:
             raise MegadocError(f"synthetic_weights: {prefix} gets no sequence out of {synthetic_total}")
     passes = synthetic_pass_sequences or [None] * len(synthetic_counts)
+    real = _stream(real_name, total - synthetic_total, base * gbs, length)
     return Plan(
         train_iters=iters, global_batch_size=gbs, seq_length=length, base_steps=base,
         real_epochs=config.real_epochs, synthetic_fraction=config.synthetic_fraction,
-        total_sequences=total, total_tokens=total * length,
-        real=_stream(config.real_prefix, total - synthetic_total, base * gbs, length),
+        total_sequences=total, total_tokens=total * length, real=real,
         synthetic=[_stream(p, n, s, length) for p, n, s in zip(config.synthetic_prefixes, synthetic_counts, passes)],
+        real_parts=_real_parts(config.real_prefixes, real, real_pass_sequences, length),
     )
+
+
+def _check_size(iters: int, base: int, config: MegadocBlendConfig) -> None:
+    """Refuse a plan of no step, one whose counts overflow int64 indices, and (unless forced) a huge one."""
+    what = f"floor({base} x E {config.real_epochs:g} / (1 - r {config.synthetic_fraction:g})) = {iters:,} steps"
+    if iters == 0:
+        raise MegadocError(f"real_epochs: {what}; raise E (or base_steps)")
+    if iters * config.global_batch_size * config.seq_length >= 2**62:
+        raise MegadocError(f"synthetic_fraction: {what}, beyond what any index can count; r must stay below 1")
+    if iters > MAX_TRAIN_ITERS and not config.force:
+        raise MegadocError(f"real_epochs / synthetic_fraction: {what}, more than {MAX_TRAIN_ITERS:,}: a typo in E or "
+                           "r? (--force to train it anyway)")
+
+
+def _real_parts(prefixes: list[str], real: StreamPlan, pass_sizes: list[int] | None, length: int) -> list[StreamPlan]:
+    """Each real piece's share: one pass (base_steps x gbs sequences) apportioned by the pieces' sizes, the real
+    total as whole passes of those shares plus the remainder apportioned the same way, so each piece is seen the
+    same number of times."""
+    if len(prefixes) == 1:
+        return [real]
+    if pass_sizes is None:
+        return []
+    per_pass = apportion(real.pass_sequences, pass_sizes)
+    passes, rest = divmod(real.sequences, real.pass_sequences)
+    counts = [passes * p + r for p, r in zip(per_pass, apportion(rest, per_pass))]
+    return [_stream(prefix, count, p, length) for prefix, count, p in zip(prefixes, counts, per_pass)]
 
 
 def _stream(prefix: str, sequences: int, pass_sequences: int | None, seq_length: int) -> StreamPlan:
@@ -110,20 +144,21 @@ def _stream(prefix: str, sequences: int, pass_sequences: int | None, seq_length:
     return StreamPlan(prefix, sequences, sequences * seq_length, pass_sequences, epochs)
 
 
-def read_sources(config: MegadocBlendConfig) -> tuple[Source, list[Source]]:
-    """Every training and validation source's header, checked to exist, share a dtype, and reach seq_length."""
-    real = read_source(config.real_prefix)
+def read_sources(config: MegadocBlendConfig) -> tuple[list[Source], list[Source]]:
+    """Every training and validation source's header, checked to exist, share a vocabulary (dtype and tokenizer
+    fingerprint), and reach seq_length."""
+    real = [read_source(p) for p in config.real_prefixes]
     synthetic = [read_source(p) for p in config.synthetic_prefixes]
     valid = [read_source(p) for p in config.valid_prefixes + config.long_valid_prefixes]
-    check_same_dtype([real] + synthetic + valid)
-    for source in [real] + synthetic + valid:
+    check_same_vocabulary(real + synthetic + valid)
+    for source in real + synthetic + valid:
         if source.samples_per_pass(config.seq_length) == 0:
             raise MegadocError(f"{source.prefix}: {source.tokens} tokens, not one sequence of "
                                f"--seq-length {config.seq_length}")
-    for prefix in config.long_valid_prefixes:
-        longest = int(read_source(prefix).sequence_lengths.max(initial=0))
+    for source in valid[len(config.valid_prefixes):]:
+        longest = int(source.sequence_lengths.max(initial=0))
         if longest < config.seq_length:
-            raise MegadocError(f"{prefix}: no document reaches --seq-length {config.seq_length} "
+            raise MegadocError(f"{source.prefix}: no document reaches --seq-length {config.seq_length} "
                                f"(longest {longest}), so it measures no long-context loss")
     return real, synthetic
 
@@ -132,7 +167,7 @@ def plan_from_data(config: MegadocBlendConfig) -> Plan:
     """The plan, with one-pass sizes read from the .idx headers (and every bad-plan check run first)."""
     real, synthetic = read_sources(config)
     length = config.seq_length
-    return make_plan(config, real.samples_per_pass(length), [s.samples_per_pass(length) for s in synthetic])
+    return make_plan(config, [r.samples_per_pass(length) for r in real], [s.samples_per_pass(length) for s in synthetic])
 
 
 def format_table(plan: Plan) -> str:
@@ -144,7 +179,8 @@ def format_table(plan: Plan) -> str:
              f"{plan.synthetic_sequences * plan.seq_length:>18,} tokens "
              f"({plan.synthetic_sequences / plan.total_sequences:.6f} of all)",
              "", f"{'stream':<40} {'sequences':>14} {'tokens':>18} {'pass (seqs)':>12} {'epochs':>8}"]
-    for stream in [plan.real] + plan.synthetic:
+    pieces = plan.real_parts if len(plan.real_parts) > 1 else []
+    for stream in [plan.real] + [replace(p, prefix=f"  {p.prefix}") for p in pieces] + plan.synthetic:
         pass_ = f"{stream.pass_sequences:,}" if stream.pass_sequences else "?"
         epochs = f"{stream.epochs:.3f}" if stream.epochs is not None else "?"
         lines.append(f"{stream.prefix:<40} {stream.sequences:>14,} {stream.tokens:>18,} {pass_:>12} {epochs:>8}")
@@ -154,7 +190,7 @@ def format_table(plan: Plan) -> str:
 def megatron_lm_flags(plan: Plan, config: MegadocBlendConfig) -> str:
     """The closest plain Megatron-LM command line: weights (1 - r, r * w_i); its blend is approximate (0.5%
     surplus, real stream not capped at base_steps batches), so this plugin's provider is the exact one."""
-    pairs = [(plan.real.sequences, config.real_prefix)] + [(s.sequences, s.prefix) for s in plan.synthetic]
+    pairs = [(s.sequences, s.prefix) for s in (plan.real_parts or [plan.real]) + plan.synthetic]
     blend = " ".join(f"{count / plan.total_sequences:.10g} {prefix}" for count, prefix in pairs)
     flags = [f"--train-data-path {blend}"]
     if config.valid_prefixes or config.long_valid_prefixes:
@@ -174,6 +210,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     config = blend_from_args(args)
+    if args.output:
+        check_output_file(args.output, "--output")
     plan = plan_from_data(config)
     if args.output:
         with atomic_write(args.output, "w") as handle:

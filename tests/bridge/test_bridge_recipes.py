@@ -138,6 +138,32 @@ def test_every_size_builds_from_its_dimensions(name, llama3_hf, model_parallel_w
     assert parameter_count(cfg) == shape.parameter_count()
 
 
+def test_weight_decay_mask_param_groups(llama3_hf, model_parallel_world):
+    """The recipes' optimizer groups (Megatron-Core's own grouping of the mask's overrides, on the model Bridge's
+    provider builds): levanter's mask, the paper's, decays Linear weights and the untied output layer, and neither
+    the input embedding nor the norms."""
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+    from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
+    from megatron.core.optimizer import _get_param_groups
+
+    cfg = pretrain_config("tiny", tokenizer_model=llama3_hf, real_path="data/real", base_steps=4)
+    provider = cfg.model
+    provider.vocab_size, provider.should_pad_vocab = build_tokenizer(cfg.tokenizer).vocab_size, True
+    provider.init_model_with_meta_device, provider.use_cpu_initialization = True, True
+    provider.gradient_accumulation_fusion, provider.transformer_layer_spec = False, local_layer_spec
+    provider.finalize()
+    model = provider.provide(pre_process=True, post_process=True)
+    overrides = cfg.optimizer_config_override_provider.build_config_overrides(None)
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = {group["wd_mult"]: {names[id(p)] for p in group["params"]}
+              for group in _get_param_groups([model], cfg.optimizer, overrides)}
+    norms = {f"decoder.layers.{i}.{norm}.weight" for i in (0, 1) for norm in ("input_layernorm", "pre_mlp_layernorm")}
+    assert groups[0.0] == {"embedding.word_embeddings.weight", "decoder.final_layernorm.weight", *norms}
+    linears = {f"decoder.layers.{i}.{linear}.weight" for i in (0, 1) for linear in
+               ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
+    assert groups[1.0] == {"output_layer.weight", *linears} and set(groups) == {0.0, 1.0}
+
+
 def test_yaml_round_trip(llama3_hf, tmp_path):
     from megatron.bridge.training.config import ConfigContainer
 
@@ -149,6 +175,7 @@ def test_yaml_round_trip(llama3_hf, tmp_path):
     assert loaded.dataset.blend == cfg.dataset.blend and loaded.dataset.blend.valid_prefixes == ["data/valid"]
     assert loaded.model.activation_func is F.silu and loaded.model.tensor_model_parallel_size == 2
     assert loaded.train.train_iters == 248_640 and loaded.validation.eval_interval == 12_432
+    assert type(loaded.optimizer_config_override_provider) is type(cfg.optimizer_config_override_provider)
 
 
 def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
@@ -165,6 +192,9 @@ def test_cli_overrides_move_parallel_sizes_and_the_plan(llama3_hf):
     assert kept.checkpoint.save_interval == 100  # one the user chose stays
     assert cfg.dataset.blend.global_batch_size == 128 and cfg.dataset.blend.real_epochs == 8
     assert cfg.optimizer.lr == 0.003 and cfg.optimizer.weight_decay == 0.4
+    assert cfg.dataset.skip_getting_attention_mask_from_dataset and not cfg.dataset.create_attention_mask
+    blocked = apply_overrides(paper_300m(llama3_hf), ["dataset.blend.block_cross_document_attention=true"])
+    assert not blocked.dataset.skip_getting_attention_mask_from_dataset and blocked.dataset.create_attention_mask
 
     with pytest.raises(MegadocError, match="train_iters comes from the data plan"):
         apply_overrides(paper_300m(llama3_hf), ["train.train_iters=10"])
