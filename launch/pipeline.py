@@ -30,7 +30,7 @@ import yaml
 from megadoc.errors import MegadocError
 from megadoc.files import atomic_write
 from megadoc.preprocess.assemble import GENERATION_OF, METHODS
-from megadoc.preprocess.tokenizer import TIKTOKEN_TYPES, TokenizerSpec, tokenizer_flags
+from megadoc.preprocess.tokenizer import LLAMA3_TIKTOKEN_TYPES, MEGATRON_TIKTOKEN_TYPES, TokenizerSpec, tokenizer_flags
 from megadoc.training.registry import REAL_ONLY
 
 BACKENDS = ("bridge", "core")
@@ -351,7 +351,7 @@ class PipelineConfig:
                                              t.bridge_overrides):
             raise MegadocError("train.context_parallel_size, sequence_parallel and bridge_overrides need "
                                "train.backend: bridge")
-        if self.train_backend == "bridge" and (self.tokenizer.type in TIKTOKEN_TYPES or
+        if self.train_backend == "bridge" and (self.tokenizer.type in MEGATRON_TIKTOKEN_TYPES + LLAMA3_TIKTOKEN_TYPES or
                                                self.tokenizer.model.endswith((".tiktoken", ".bpe"))):
             raise MegadocError("tokenizer: Megatron-Bridge reads HF folders and sentencepiece models, not tiktoken "
                                "files; give the HF folder of the same vocabulary")

@@ -100,7 +100,7 @@ def test_bridge_backend_launches_the_megadoc_recipe_through_pretrain(tmp_path):
         assert kwargs["output_dir"] == str(work / "runs" / method) and kwargs["wandb_project"] == "megadoc"
         assert overrides == ["model.seq_length=512"]
         evaluate = build_parser("eval").parse_args(commands[f"eval-{method}"][1:])
-        assert evaluate.load == str(work / "runs" / method / "checkpoints")
+        assert evaluate.load == [str(work / "runs" / method / "checkpoints")]
         if method == "real":
             assert (kwargs["real_epochs"], kwargs["weight_decay"], args.generations) == (16, 1.6, 0)
             assert "synthetic_paths" not in kwargs and "synthetic_fraction" not in kwargs
@@ -159,7 +159,7 @@ def test_data_budgets_seeds_and_ablations_become_runs(tmp_path):
     assert sorted(train) == sorted(real + [f"{m}{s}" for m in ["simple", "stitched", *ablations]
                                            for s in ("", "-seed2")])
     half = train["real-b0.5-seed3"]
-    assert (half.real_path.endswith("/tokens/budget-0.5"), half.real_epochs, half.weight_decay, half.seed,
+    assert (half.real_path[0].endswith("/tokens/budget-0.5"), half.real_epochs, half.weight_decay, half.seed,
             half.base_steps, half.method) == (True, 8, 0.8, 3, None, "real")
     assert (train["real-b0.25"].real_epochs, train["real-b0.25"].weight_decay, train["real"].base_steps) == (16, 1.6, 7)
     first = train["stitched-real-first-seed2"]
@@ -173,7 +173,7 @@ def test_data_budgets_seeds_and_ablations_become_runs(tmp_path):
     assert blocked.block_cross_document_attention and blocked.synthetic_path[0].endswith("/tokens/stitched")
     assert train["real-blocked-attention"].block_cross_document_attention and not train["real"].block_cross_document_attention
     alone = train["stitched-no-real-data"]
-    assert alone.real_path.endswith("/tokens/stitched") and alone.real_tokens_from.endswith("/tokens/train")
+    assert alone.real_path[0].endswith("/tokens/stitched") and alone.real_tokens_from.endswith("/tokens/train")
     assert alone.synthetic_path == [] and alone.method == "stitched-no-real-data"
     assert {name for name in parsed if name.startswith("eval-")} == {f"eval-{key}" for key in train}
     assert all(args[0].short_valid_path.endswith("/tokens/valid_short") for name, args in parsed.items()
@@ -207,9 +207,9 @@ def test_methods_on_a_budget_and_the_law_beyond_it(tmp_path):
     assert parsed["generate-rephrase"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
     assert parsed["assemble-stitched"][0].input == [str(tmp_path / "work/split/budgets/0.25.jsonl")]
     budget = str(tmp_path / "work/tokens/budget-0.25")
-    assert parsed["train-stitched"][0].real_path == budget == parsed["train-real-b0.25"][0].real_path
+    assert parsed["train-stitched"][0].real_path == [budget] == parsed["train-real-b0.25"][0].real_path
     assert parsed["train-stitched-no-real-data"][0].real_tokens_from == budget
-    assert parsed["train-real-blocked-attention"][0].real_path == budget
-    assert parsed["train-real"][0].real_path == str(tmp_path / "work/tokens/train")
+    assert parsed["train-real-blocked-attention"][0].real_path == [budget]
+    assert parsed["train-real"][0].real_path == [str(tmp_path / "work/tokens/train")]
     assert {name for name in parsed if name.startswith("train-real-b") and name[12].isdigit()} == \
         {"train-real-b0.1", "train-real-b0.25", "train-real-b0.5"}
