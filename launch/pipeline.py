@@ -726,7 +726,7 @@ def _pretrain_command(config: PipelineConfig, paths: Paths, run: Training) -> li
     synthetic = run_arguments.pop("synthetic_path", None)
     block = run_arguments.pop("block_cross_document_attention")
     arguments = {
-        **run_arguments, "tokenizer_model": config.tokenizer.model, "tokenizer_type": config.tokenizer.type,
+        "tokenizer_model": config.tokenizer.model, "tokenizer_type": config.tokenizer.type, **run_arguments,
         "valid_paths": json.dumps([paths.tokens("valid_iid")]),
         "synthetic_paths": None if synthetic is None else json.dumps([synthetic]),
         "global_batch_size": t.global_batch_size, "micro_batch_size": t.micro_batch_size,

@@ -436,7 +436,7 @@ def test_nemo_run_training_runs_on_slurm(pipeline_run):
         == losses
 
 
-def test_bridge_backend_trains_evaluates_and_reports_on_slurm(pipeline_run):
+def test_bridge_backend_trains_evaluates_and_reports_on_slurm(pipeline_run, monkeypatch):
     """Last: the finished pipeline's real-only run again, with train.backend: bridge. Training runs Megatron-Bridge's
     pretrain (`megadoc pretrain`) in the Python 3.12 environment that plays the NeMo container (on this CPU-only
     machine with the test-only adaptations of tests/bridge/cpu_site), evaluation `megadoc eval` of its checkpoint in
@@ -446,6 +446,8 @@ def test_bridge_backend_trains_evaluates_and_reports_on_slurm(pipeline_run):
     from cpu_bridge import CPU_OVERRIDES
 
     python = _venv312()
+    for name in [name for name in os.environ if name.startswith("NVTE_")]:
+        monkeypatch.delenv(name)  # set by models this process built; sbatch jobs inherit the submitter's environment
     config, work, _, _ = pipeline_run
     for step in ("train-real", "eval-real", "report"):
         (work / ".done" / step).unlink(missing_ok=True)

@@ -153,7 +153,7 @@ def test_megadoc_eval_of_a_bridge_checkpoint_is_bridges_own_model(bridge_run, bl
     from megadoc.training.checkpoints import load_model
 
     ckpt = bridge_run / "checkpoints"
-    evaluate(EvalConfig(load=str(ckpt), valid_path=blend_data["valid"], long_valid_path=blend_data["valid"],
+    evaluate(EvalConfig(load=(str(ckpt),), valid_path=blend_data["valid"], long_valid_path=blend_data["valid"],
                         output_dir=str(bridge_run / "eval"), registry=str(bridge_run / "runs.csv")))
     fresh_attention()
     results = json.loads((bridge_run / "eval" / "eval.json").read_text())
