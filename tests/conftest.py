@@ -34,6 +34,25 @@ def llama3_tiktoken() -> Path:
 
 
 @pytest.fixture(scope="session")
+def write_prefix():
+    """write_prefix(prefix, documents, dtype="int32") -> prefix: token-id documents written as a Megatron .bin/.idx
+    pair by Megatron-Core's own IndexedDatasetBuilder (no tokenizer, so no sidecar)."""
+    def write(prefix: str, documents: list[list[int]], dtype="int32") -> str:
+        import numpy as np
+        import torch
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+        builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.dtype(dtype).type)
+        for ids in documents:
+            builder.add_item(torch.tensor(ids))
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
+        return prefix
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def write_generations():
     """Writes hand-made generation rows as one committed shard (Parquet chunk + manifest), through the shard
     format's own writer; missing columns are null. Returns the generation directory."""

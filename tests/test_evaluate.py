@@ -26,20 +26,8 @@ SEQ = 64  # the tiny recipe's context
 EVAL_FLAGS = ["--bucket-size", "8", "--beyond", "16", "48", "--micro-batch-size", "3"]
 
 
-def _write_prefix(prefix: str, documents: list[list[int]], dtype=np.int32) -> str:
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
-    for ids in documents:
-        builder.add_item(torch.tensor(ids))
-        builder.end_document()
-    builder.finalize(prefix + ".idx")
-    return prefix
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, dclm_sample, llama3_hf) -> dict[str, str]:
+def corpus(tmp_path_factory, dclm_sample, llama3_hf, write_prefix) -> dict[str, str]:
     from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerSpec(str(llama3_hf)))
@@ -48,7 +36,7 @@ def corpus(tmp_path_factory, dclm_sample, llama3_hf) -> dict[str, str]:
     documents = [[dense.setdefault(i, len(dense)) for i in ids] + [0] for ids in tokenizer.encode_batch(texts)]
     assert len(dense) <= VOCAB
     folder = tmp_path_factory.mktemp("data")
-    return {name: _write_prefix(str(folder / name), documents[a:b]) for name, (a, b) in SPLITS.items()}
+    return {name: write_prefix(str(folder / name), documents[a:b]) for name, (a, b) in SPLITS.items()}
 
 
 def _megadoc(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
@@ -202,7 +190,7 @@ def test_registry_row_gets_the_results(world1):
                             "short_tokens", "mean_beyond"} and results["recipe"] == "tiny"
 
 
-def _bad(tmp_path, checkpoint, corpus):
+def _bad(tmp_path, checkpoint, corpus, write_prefix):
     """name -> (flags, the error's expected words)."""
     no_recipe = tmp_path / "no_recipe"
     shutil.copytree(checkpoint, no_recipe)
@@ -212,9 +200,9 @@ def _bad(tmp_path, checkpoint, corpus):
     recipe = json.loads((big_vocab / "megadoc_recipe.json").read_text())
     recipe["recipe"]["vocab_size"] = 128_256
     (big_vocab / "megadoc_recipe.json").write_text(json.dumps(recipe))
-    uint16 = _write_prefix(str(tmp_path / "uint16"), [[1, 2, 3] * 40], dtype=np.uint16)
-    foreign = _write_prefix(str(tmp_path / "foreign"), [[1, VOCAB + 5] * 40])
-    short = _write_prefix(str(tmp_path / "short"), [[1, 2, 3]] * 10)
+    uint16 = write_prefix(str(tmp_path / "uint16"), [[1, 2, 3] * 40], dtype=np.uint16)
+    foreign = write_prefix(str(tmp_path / "foreign"), [[1, VOCAB + 5] * 40])
+    short = write_prefix(str(tmp_path / "short"), [[1, 2, 3]] * 10)
     other_size = tmp_path / "other_size"  # weights of the tiny model, a run config that says a wider one
     shutil.copytree(checkpoint, other_size)
     recipe = json.loads((other_size / "megadoc_recipe.json").read_text())
@@ -238,10 +226,10 @@ def _bad(tmp_path, checkpoint, corpus):
     }
 
 
-def test_bad_inputs_stop_with_one_line(tmp_path, capsys, checkpoint, corpus):
+def test_bad_inputs_stop_with_one_line(tmp_path, capsys, checkpoint, corpus, write_prefix):
     from megadoc.cli import main
 
-    for name, (flags, words) in _bad(tmp_path, checkpoint, corpus).items():
+    for name, (flags, words) in _bad(tmp_path, checkpoint, corpus, write_prefix).items():
         base = {"--load": str(checkpoint), "--valid-path": corpus["iid"], "--output-dir": str(tmp_path / "out")}
         args = [item for key, value in base.items() if key not in flags for item in (key, value)]
         assert main(["eval", *args, *flags]) == 1, name

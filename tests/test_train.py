@@ -19,19 +19,6 @@ COMMON = ["--recipe", "tiny", "--vocab-size", str(VOCAB), "--train-iters", "8", 
           "--lr", "3e-3", "--seed", "7"]
 
 
-def _write_dense(prefix: str, documents: list[list[int]], dtype) -> str:
-    import numpy as np
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.dtype(dtype).type)
-    for ids in documents:
-        builder.add_item(torch.tensor(ids))
-        builder.end_document()
-    builder.finalize(prefix + ".idx")
-    return prefix
-
-
 @pytest.fixture(scope="module")
 def dense_documents(dclm_sample, llama3_hf) -> list[list[int]]:
     from megadoc.preprocess.tokenizer import TokenizerSpec, build_tokenizer
@@ -45,8 +32,8 @@ def dense_documents(dclm_sample, llama3_hf) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def data_prefix(tmp_path_factory, dense_documents) -> str:
-    return _write_dense(str(tmp_path_factory.mktemp("data") / "dclm"), dense_documents, "int32")
+def data_prefix(tmp_path_factory, dense_documents, write_prefix) -> str:
+    return write_prefix(str(tmp_path_factory.mktemp("data") / "dclm"), dense_documents, "int32")
 
 
 def _train(save: Path, data_prefix: str, *flags: str, nproc: int = 1) -> list[dict]:
@@ -100,15 +87,15 @@ def test_two_way_model_parallel_loss_falls(tmp_path, data_prefix, flag):
     assert records[-1]["loss"] < records[0]["loss"] - 0.1
 
 
-def test_run_config_and_registry_row_record_the_plan_trained(tmp_path, dense_documents):
+def test_run_config_and_registry_row_record_the_plan_trained(tmp_path, dense_documents, write_prefix):
     """E = 3 and r = 0.5 in the blend flags are what megadoc_recipe.json and the registry row say."""
     from megadoc.training.checkpoints import load_run_config
     from megadoc.training.registry import read_registry
 
     folder = tmp_path / "data"
     folder.mkdir()
-    real = _write_dense(str(folder / "real"), dense_documents[:30], "uint16")  # vocabulary < 65,500: uint16
-    synthetic = _write_dense(str(folder / "synthetic"), dense_documents[30:], "uint16")
+    real = write_prefix(str(folder / "real"), dense_documents[:30], "uint16")  # vocabulary < 65,500: uint16
+    synthetic = write_prefix(str(folder / "synthetic"), dense_documents[30:], "uint16")
     save, registry = tmp_path / "run", tmp_path / "runs.csv"
     command = [str(BIN / "megadoc"), "train", "--recipe", "tiny", "--vocab-size", str(VOCAB), "--real-path", real,
                "--synthetic-path", synthetic, "--real-epochs", "3", "--synthetic-fraction", "0.5", "--base-steps",
@@ -170,7 +157,7 @@ def test_weight_decay_mask_spares_embeddings_and_norms_and_decays_the_output_lay
         assert torch.allclose(p.detach(), before[name] * shrink, rtol=1e-6, atol=0), name
 
 
-def test_blocked_cross_document_attention_scores_each_document_alone(tmp_path, dense_documents):
+def test_blocked_cross_document_attention_scores_each_document_alone(tmp_path, dense_documents, write_prefix):
     """With --block-cross-document-attention a packed window's second document is scored exactly as if it stood
     alone at the start of a window (Megatron's EOD masks; RoPE makes the position reset immaterial); with
     attention across documents (the paper's default) its tokens see the first document and score differently."""
@@ -182,7 +169,7 @@ def test_blocked_cross_document_attention_scores_each_document_alone(tmp_path, d
     from megadoc_data.datasets import VocabOnlyTokenizer, single_prefix_dataset
 
     short = [doc[:20] + [0] for doc in dense_documents[:12]]  # 21-token documents (EOD last)
-    prefix = _write_dense(str(tmp_path / "short"), short, "int32")
+    prefix = write_prefix(str(tmp_path / "short"), short, "int32")
     blocked = single_prefix_dataset(prefix, VocabOnlyTokenizer(VOCAB), 64, 3, block_cross_document_attention=True)
     sample = blocked[0]
     eods = np.flatnonzero(sample["tokens"].numpy() == 0)
