@@ -7,6 +7,8 @@ user as one line and a non-zero exit; `--debug` (anywhere on the line) shows the
 
 import argparse
 import importlib
+import os
+import select
 import sys
 import traceback
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megadoc {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # the one catch-all: a user never gets a bare trace
+        if isinstance(error, BrokenPipeError) and _stdout_gone():
+            return 141  # the reader went away (`megadoc inspect P | head`): end quietly, as SIGPIPE ends a tool
         if debug:
             traceback.print_exc()
         where = error.__traceback__
@@ -84,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
               f" (at {where.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{where.tb_lineno}); run with --debug for "
               "the trace", file=sys.stderr)
         return 1
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR); stdout then points at /dev/null so the
+    exit flush stays quiet. A broken pipe elsewhere (a child's) is an error like any other."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # stdout closed or not a file
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
 
 
 if __name__ == "__main__":
