@@ -52,6 +52,18 @@ def check_output_prefix(prefix: str, flag: str = "--output-prefix", suffixes=(".
     return prefix
 
 
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """`path` as a folder a stage may write into, checked before any work but not made (a stage that fails later
+    leaves no empty folder): a file in its place or in the way, or a folder that cannot be written, is one line."""
+    path = Path(path)
+    existing = _existing(path.absolute())
+    if not existing.is_dir():
+        raise MegadocError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MegadocError(f"{flag} {path}: cannot write in {existing} ({_why(existing, 'permission denied')})")
+    return path
+
+
 def _writable_folder(folder: Path, flag: str, path: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -99,15 +99,23 @@ def read_registry(path: str | os.PathLike) -> list[RunRecord]:
         text = Path(path).read_text()
     except OSError as error:
         raise MegadocError(f"{path}: cannot read the registry ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise MegadocError(f"{path}: not a registry CSV (invalid UTF-8 at byte {error.start})") from None
     reader = csv.DictReader(io.StringIO(text))
-    missing = [name for name in COLUMNS[:8] if name not in (reader.fieldnames or [])]
-    if missing:
-        raise MegadocError(f"{path}: registry lacks column(s) {', '.join(missing)}")
     runs = []
-    for line, row in enumerate(reader, start=2):
-        where = f"{path}:{line}"
-        values = {name: _parse(name, (row.get(name) or "").strip(), where) for name in COLUMNS}
-        runs.append(RunRecord(**values))
+    try:
+        missing = [name for name in COLUMNS[:8] if name not in (reader.fieldnames or [])]
+        if missing:
+            raise MegadocError(f"{path}: registry lacks column(s) {', '.join(missing)}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:  # more cells than the header names: a row shifted by a stray comma
+                raise MegadocError(f"{where}: {len(reader.fieldnames) + len(row[None])} cells, the header names "
+                                   f"{len(reader.fieldnames)}; fix the row (a comma inside a value needs quotes)")
+            values = {name: _parse(name, (row.get(name) or "").strip(), where) for name in COLUMNS}
+            runs.append(RunRecord(**values))
+    except csv.Error as error:
+        raise MegadocError(f"{path}:{reader.line_num}: not a registry CSV ({error})") from None
     return runs
 
 
