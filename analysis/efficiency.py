@@ -18,7 +18,7 @@ from megadoc.analysis.laws import (CONFIDENCE, PowerLaw, best_runs, bootstrap_ef
                                    one_size, parameter_laws, r_squared, real_only_law)
 from megadoc.analysis.plots import plot_efficiency
 from megadoc.errors import MegadocError
-from megadoc.files import atomic_write
+from megadoc.files import atomic_write, check_output_dir
 from megadoc.training.registry import REAL_ONLY, read_registry
 
 
@@ -41,9 +41,21 @@ class EfficiencyConfig:
     grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(GRIDS))
     """Grids the certificate steps over."""
 
+    def __post_init__(self):
+        check_anchor(self.alpha, self.asymptote)
+
     @property
     def anchored(self) -> bool:
         return self.alpha is not None and self.asymptote is not None
+
+
+def check_anchor(alpha: float | None, asymptote: float | None) -> None:
+    """An anchored law L(D) = A / D^alpha + C needs both, a decaying power (alpha > 0) and a loss floor C >= 0."""
+    if (alpha is None) != (asymptote is None):
+        raise MegadocError("--alpha and --asymptote go together")
+    if alpha is not None and not (0 < alpha < math.inf and 0 <= asymptote < math.inf):
+        raise MegadocError(f"--alpha {alpha:g} --asymptote {asymptote:g}: the law needs alpha > 0 (the loss falls "
+                           "with data) and a finite asymptote >= 0")
 
 
 @dataclass(frozen=True)
@@ -178,8 +190,8 @@ def _markdown(analysis: Analysis, laws: list[dict], config: EfficiencyConfig) ->
 
 
 def write_outputs(config: EfficiencyConfig) -> Analysis:
+    out = check_output_dir(config.output_dir, "--output-dir")
     analysis = analyse(config)
-    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "efficiency.csv", analysis.rows,
                ["method", "generations", "real_tokens", "run", "seeds", "loss", "loss_sd", "data_efficiency",
@@ -227,8 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.alpha is None) != (args.asymptote is None):
-        raise MegadocError("--alpha and --asymptote go together")
     config = EfficiencyConfig(registry=args.registry, output_dir=args.output_dir, loss_key=args.loss_key,
                               alpha=args.alpha, asymptote=args.asymptote, params=args.params,
                               grids={axis: getattr(args, f"grid_{axis}") for axis in GRIDS})

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from megadoc.evaluation.metrics import draw_curve, load_curve, pyplot as _pyplot
+from megadoc.evaluation.metrics import PositionCurve, draw_curve, load_curve, pyplot as _pyplot
 from megadoc.files import atomic_write
 from megadoc.training.registry import REAL_ONLY, RunRecord
 
@@ -63,24 +63,26 @@ def plot_loss_vs_g(best: dict[tuple[str, int], RunRecord], key: str, path: Path)
     return True
 
 
-def plot_loss_by_position(best: dict[tuple[str, int], RunRecord], root: Path, path: Path) -> list[str]:
-    """Loss by position of each method's best run at its largest G that has a curve, each with its band over
-    documents; the runs drawn."""
+def position_curves(best: dict[tuple[str, int], RunRecord], root: Path) -> dict[str, tuple[str, PositionCurve]]:
+    """Label -> (run, loss-by-position curve) of each method's best run at its largest G that has a curve, read
+    (and so checked) before anything is drawn."""
     chosen: dict[str, RunRecord] = {}
     for (method, _), run in sorted(best.items()):
         if run.loss_by_position:
             chosen[method] = run
-    if not chosen:
-        return []
+    return {(f"{method} G={run.generations}" if method != REAL_ONLY else "real only"):
+            (run.run, load_curve(root / run.loss_by_position)) for method, run in chosen.items()}
+
+
+def plot_loss_by_position(curves: dict[str, tuple[str, PositionCurve]], path: Path) -> None:
+    """The curves of `position_curves`, each with its band over documents."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
-    for method, run in chosen.items():
-        label = f"{method} G={run.generations}" if method != REAL_ONLY else "real only"
-        draw_curve(axes, load_curve(root / run.loss_by_position), label)
+    for label, (_, curve) in curves.items():
+        draw_curve(axes, curve, label)
     axes.set(xlabel="token position in the document", ylabel="loss (long documents)")
     axes.legend(fontsize="x-small")
     _save(figure, path)
-    return [run.run for run in chosen.values()]
 
 
 def plot_data_law(law, points: list[dict], rows: list[dict], path: Path) -> None:

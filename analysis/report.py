@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from megadoc.analysis.efficiency import (EfficiencyConfig, analyse, efficiency_text, ensemble_lines, law_line,
-                                         parameter_lines)
+from megadoc.analysis.efficiency import (EfficiencyConfig, analyse, check_anchor, efficiency_text, ensemble_lines,
+                                         law_line, parameter_lines)
 from megadoc.analysis.laws import Result, best_runs, one_size, parameter_laws
-from megadoc.analysis.plots import LOSS_KEYS, plot_data_law, plot_efficiency, plot_loss_by_position, plot_loss_vs_g
+from megadoc.analysis.plots import (LOSS_KEYS, plot_data_law, plot_efficiency, plot_loss_by_position, plot_loss_vs_g,
+                                    position_curves)
 from megadoc.errors import MegadocError
-from megadoc.files import atomic_write
+from megadoc.files import atomic_write, check_output_dir
 from megadoc.training.registry import REAL_ONLY, RunRecord, read_registry
 
 
@@ -43,6 +44,9 @@ class ReportConfig:
     """Anchor the real-only law with this exponent (see megadoc efficiency)."""
     asymptote: float | None = None
     """Anchor the real-only law with this asymptote."""
+
+    def __post_init__(self):
+        check_anchor(self.alpha, self.asymptote)
 
 
 def budget(runs: list[RunRecord], requested: int | None) -> int:
@@ -107,7 +111,9 @@ def write_report(config: ReportConfig) -> Path:
     tokens = budget(runs, config.real_tokens)
     drawn = [run for run in runs if run.real_tokens == tokens]
     best = {(method, G): result for (method, G, _), result in best_runs(drawn, "iid_loss").items()}
-    out = Path(config.output_dir)
+    out = check_output_dir(config.output_dir, "--output-dir")
+    curves = position_curves({group: result.run for group, result in best.items()},
+                             Path(config.registry).resolve().parent)
     out.mkdir(parents=True, exist_ok=True)
     efficiency, law_lines = _law_section(config, out, tokens)
     lines = [f"# megadoc report: {Path(config.registry).name}", "",
@@ -121,12 +127,11 @@ def write_report(config: ReportConfig) -> Path:
         key_best = {(m, G): result.run for (m, G, _), result in best_runs(drawn, key).items()}
         if plot_loss_vs_g(key_best, key, out / name):
             lines += [f"## {LOSS_KEYS[key]} vs G", "", f"![]({name})", ""]
-    curves = plot_loss_by_position({group: result.run for group, result in best.items()},
-                                   Path(config.registry).resolve().parent, out / "loss_by_position.png")
     if curves:
+        plot_loss_by_position(curves, out / "loss_by_position.png")
         lines += ["## Loss by token position", "",
-                  f"Runs: {', '.join(curves)}. Each point is the mean over its bucket's tokens; the legend gives the "
-                  "documents and tokens behind each point, the band +/- 1.96 standard errors over documents.", "",
+                  f"Runs: {', '.join(run for run, _ in curves.values())}. Each point is the mean over its bucket's "
+                  "tokens; the legend gives the documents and tokens behind each point, the band +/- 1.96 standard errors over documents.", "",
                   "![](loss_by_position.png)", ""]
     with atomic_write(out / "report.md", "w") as handle:
         handle.write("\n".join(lines))
@@ -146,8 +151,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.alpha is None) != (args.asymptote is None):
-        raise MegadocError("--alpha and --asymptote go together")
     path = write_report(ReportConfig(registry=args.registry, output_dir=args.output_dir, params=args.params,
                                      real_tokens=args.real_tokens, alpha=args.alpha, asymptote=args.asymptote))
     print(f"megadoc report: wrote {path}")
