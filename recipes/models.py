@@ -8,6 +8,7 @@ their dimensions, never by a parameter budget, so `parameter_count` can be check
 import math
 from dataclasses import dataclass, field, replace
 
+from megadoc.errors import MegadocError
 from megadoc.preprocess.tokenizer import TokenizerSpec
 
 LLAMA3_VOCAB_SIZE = 128_256
@@ -36,6 +37,8 @@ class ModelRecipe:
     """Training context length in tokens."""
 
     def __post_init__(self):
+        if self.seq_length < 1:
+            raise MegadocError(f"seq_length: {self.seq_length} must be >= 1")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{self.name}: hidden_size {self.hidden_size} not divisible by heads")
         if self.num_attention_heads % self.num_query_groups:
@@ -84,6 +87,14 @@ class OptimizerRecipe:
     min_lr: float = 0.0
     """The cosine decays to this learning rate at the last step."""
 
+    def __post_init__(self):
+        for name, low in (("lr", 0.0), ("weight_decay", 0.0), ("clip_grad", 0.0), ("min_lr", 0.0)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > low if name == "lr" else value >= low)):
+                raise MegadocError(f"{name}: {value} must be a finite number {'>' if name == 'lr' else '>='} 0")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise MegadocError(f"warmup_fraction: {self.warmup_fraction} is outside [0, 1]")
+
     def warmup_iters(self, train_iters: int) -> int:
         return math.ceil(self.warmup_fraction * train_iters)
 
@@ -94,6 +105,11 @@ class ParallelRecipe:
 
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+
+    def __post_init__(self):
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+            if getattr(self, name) < 1:
+                raise MegadocError(f"{name}: {getattr(self, name)} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,14 @@ class TrainingRecipe:
     """Tokenizer vocabulary (before Megatron's padding for tensor parallelism)."""
     tokenizer: TokenizerSpec | None = None
     """The tokenizer the data was written with (None: only its vocabulary is known)."""
+
+    def __post_init__(self):
+        for name in ("global_batch_size", "micro_batch_size", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise MegadocError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise MegadocError(f"global_batch_size: {self.global_batch_size} is not a multiple of micro_batch_size "
+                               f"{self.micro_batch_size}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingRecipe":
@@ -143,7 +167,7 @@ def add_recipe_arguments(parser) -> None:
 def recipe_from_args(args, vocab_size: int, tokenizer: TokenizerSpec | None) -> TrainingRecipe:
     """The one flags -> TrainingRecipe translation."""
     model = MODELS[args.recipe]
-    if args.seq_length:
+    if args.seq_length is not None:
         model = replace(model, seq_length=args.seq_length)
     return TrainingRecipe(
         model=model,
