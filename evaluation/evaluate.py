@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 import torch
 
-from megadoc.files import atomic_write
+from megadoc.files import atomic_write, check_output_dir
 from megadoc.errors import MegadocError
 from megadoc.evaluation.ensemble import Member, build_ensemble, check_members, read_member
 from megadoc.evaluation.metrics import LossAccumulator, save_curve
@@ -144,15 +144,12 @@ def open_prefix(prefix: str, vocab_size: int, tokenizer=None):
     return IndexedDataset(prefix, multimodal=False)
 
 
-def packed_windows(indexed, prefix: str, seq_length: int, vocab_size: int,
+def packed_windows(prefix: str, seq_length: int, vocab_size: int,
                    block_cross_document_attention: bool = False):
     """Every seq_length window of the prefix once, packed as training packs (one GPTDataset epoch); with blocked
     cross-document attention each window carries its attention mask."""
     from megadoc_data.datasets import VocabOnlyTokenizer, single_prefix_dataset
 
-    tokens = int(indexed.sequence_lengths.sum())
-    if tokens < seq_length + 1:
-        raise MegadocError(f"{prefix}: {tokens} tokens, fewer than one window of seq_length + 1 = {seq_length + 1}")
     return single_prefix_dataset(prefix, VocabOnlyTokenizer(vocab_size), seq_length, SEED,
                                  block_cross_document_attention=block_cross_document_attention)
 
@@ -194,8 +191,7 @@ def validation_windows(kind: str, prefix: str, member: Member, tokenizer=None):
     indexed = open_prefix(prefix, recipe.vocab_size, tokenizer)
     if kind == "long":
         return DocumentStartWindows(indexed, prefix, recipe.model.seq_length)
-    return packed_windows(indexed, prefix, recipe.model.seq_length, recipe.vocab_size,
-                          member.run.block_cross_document_attention)
+    return packed_windows(prefix, recipe.model.seq_length, recipe.vocab_size, member.run.block_cross_document_attention)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -408,6 +404,7 @@ def evaluate(config: EvalConfig) -> dict | None:
 
 
 def run(args) -> int:
+    check_output_dir(args.output_dir, "--output-dir")  # before the model is loaded and every window scored
     config = EvalConfig(
         load=tuple(args.load), valid_path=args.valid_path, output_dir=args.output_dir,
         long_valid_path=args.long_valid_path, short_valid_path=args.short_valid_path, tasks=tuple(args.tasks),

@@ -86,11 +86,10 @@ def test_ensemble_averages_logits_not_probabilities(trained):
     each model's own forward pass), which is not the loss of their mean probabilities."""
     import torch
 
-    from megadoc.evaluation.evaluate import open_prefix, packed_windows
+    from megadoc.evaluation.evaluate import packed_windows
 
     pair = _eval(trained, "pair", "--load", trained["trained"], trained["brief"], "--valid-path", trained["valid"])
-    indexed = open_prefix(trained["valid"], 1024)
-    windows = packed_windows(indexed, trained["valid"], 64, 1024)
+    windows = packed_windows(trained["valid"], 64, 1024)
     windows = [windows[i] for i in range(len(windows))]
     a, b = _window_logits(trained["trained"], windows), _window_logits(trained["brief"], windows)
     labels = torch.cat([w["labels"] for w in windows])

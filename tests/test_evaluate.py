@@ -133,7 +133,7 @@ def test_losses_equal_a_direct_forward_pass(world1, checkpoint, corpus):
 
     # i.i.d. set: every window of the packed documents once, as GPTDataset packs them for training.
     iid_docs = open_prefix(corpus["iid"], VOCAB)
-    packed = packed_windows(iid_docs, corpus["iid"], SEQ, VOCAB)
+    packed = packed_windows(corpus["iid"], SEQ, VOCAB)
     total = int(iid_docs.sequence_lengths.sum())
     assert len(packed) == (total - 1) // SEQ and results["iid_tokens"] == len(packed) * SEQ
     windows = [torch.cat([packed[i]["tokens"], packed[i]["labels"][-1:]]) for i in range(len(packed))]

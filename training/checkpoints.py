@@ -249,7 +249,9 @@ def run_config_from_bridge(config: dict, vocab_size: int) -> RunConfig:
 
 
 def check_resumable(load_dir: str | None, recipe: TrainingRecipe) -> None:
-    """Refuse, in one line, to resume from a checkpoint folder whose run trained another model."""
+    """Refuse, in one line, to resume from a checkpoint folder whose run trained another model, or from a file."""
+    if load_dir and Path(load_dir).exists() and not Path(load_dir).is_dir():
+        raise MegadocError(f"--load {load_dir}: a file; --load names a checkpoint folder (--save's)")
     if not load_dir or not has_checkpoint(load_dir):
         return
     trained = load_run_config(load_dir).recipe.model

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from megadoc.errors import MegadocError
+from megadoc.files import check_output_dir, check_output_file
 from megadoc.preprocess.tokenizer import add_tokenizer_arguments, build_tokenizer, spec_from_args
 from megadoc.recipes.models import TrainingRecipe, add_recipe_arguments, recipe_from_args
 from megadoc.training.checkpoints import RunConfig, check_resumable
@@ -103,20 +104,33 @@ def check_method(args) -> None:
                            "(--synthetic-path, --real-tokens-from)")
 
 
+def check_outputs(args) -> None:
+    """What the run will write, checked before any work: --train-iters, the checkpoint and log folders, the
+    registry file."""
+    if args.train_iters is not None and args.train_iters < 1:
+        raise MegadocError(f"--train-iters {args.train_iters}: must be >= 1")
+    for flag, folder in (("--save", args.save), ("--log-dir", args.log_dir)):
+        if folder:
+            check_output_dir(folder, flag)
+    if args.registry:
+        check_output_file(args.registry, "--registry")
+
+
 def run(args) -> int:
     check_method(args)
+    check_outputs(args)
     recipe, tokenizer = recipe_and_tokenizer(args)
     check_resumable(args.load, recipe)
     device_shim.activate()
     init_distributed(recipe.parallel)  # the blend's index cache is built once per world (rank 0 first)
     dataset, run_config = build_training_data(args, recipe, tokenizer)
-    log_dir = Path(args.log_dir or args.save or ".")
-    log_dir.mkdir(parents=True, exist_ok=True)
     if args.registry:
         record = run_record(run_config, args.method, args.generations, args.run, args.save, args.real_tokens_from)
         run_config = replace(run_config, name=record.run)
         if torch.distributed.get_rank() == 0:
             record_run(args.registry, record)
+    log_dir = Path(args.log_dir or args.save or ".")
+    log_dir.mkdir(parents=True, exist_ok=True)
     train(run_config, dataset, save=args.save, save_interval=args.save_interval, load=args.load,
           log_path=log_dir / LOG_NAME, exit_interval=args.exit_interval)
     torch.distributed.destroy_process_group()

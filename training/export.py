@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from megadoc.errors import MegadocError
+from megadoc.files import check_output_dir
 from megadoc.recipes.models import ParallelRecipe, TrainingRecipe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -118,6 +119,7 @@ def export(load: str, output: str, dtype: str = "float32") -> Path:
     out = Path(output)
     if out.exists():
         raise MegadocError(f"{out}: already exists; export writes a new folder")
+    check_output_dir(out, "--output")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise MegadocError("export runs in one process (it gathers the whole model): run it without torchrun")
     start(ParallelRecipe(), SEED)

@@ -18,7 +18,7 @@ import numpy
 from megadoc.errors import MegadocError
 from megadoc_data.config import MegadocBlendConfig
 from megadoc_data.plan import Plan, make_plan, read_sources
-from megadoc_data.sources import check_vocab, read_source
+from megadoc_data.sources import check_vocab, check_vocab_size, read_source
 
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -86,6 +86,11 @@ def single_prefix_dataset(prefix: str, tokenizer, seq_length: int, seed: int, nu
     source = read_source(prefix)  # a missing or inconsistent pair fails in one line, before Megatron-Core reads it
     if hasattr(tokenizer, "fingerprint"):
         check_vocab(source, tokenizer)
+    else:  # only the vocabulary's size is known (--vocab-size, eval's checkpoint): any dtype Megatron-LM writes
+        check_vocab_size(source, tokenizer.vocab_size)
+    if source.tokens < seq_length + 1:
+        raise MegadocError(f"{prefix}: {source.tokens} tokens, fewer than one window of seq_length + 1 = "
+                           f"{seq_length + 1}")
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
         path_to_cache=path_to_cache, tokenizer=tokenizer, create_attention_mask=block_cross_document_attention,

@@ -51,10 +51,21 @@ def check_same_vocabulary(sources: list[Source]) -> None:
 
 def check_vocab(source: Source, tokenizer) -> None:
     """The dtype Megatron-Core's builder picks for the tokenizer's vocabulary must be the one the source was written
-    with, and a megadoc tokenizer must be the one that wrote it (fingerprint)."""
+    with, a megadoc tokenizer must be the one that wrote it (fingerprint), and the vocabulary must hold its ids."""
     expected = optimal_dtype(tokenizer.vocab_size)
     if source.dtype != expected:
         raise MegadocError(f"{source.prefix}.idx: token dtype {source.dtype.name} does not match the "
                            f"tokenizer's vocabulary of {tokenizer.vocab_size} ({expected.name})")
     if hasattr(tokenizer, "fingerprint"):
         check_tokenizer(source, tokenizer)
+    check_vocab_size(source, tokenizer.vocab_size)
+
+
+def check_vocab_size(source: Source, vocab_size: int) -> None:
+    """A vocabulary known only by its size (--vocab-size, a checkpoint's) must hold every id of the tokenizer that
+    wrote the source, as its sidecar tells; a smaller one fails in the embedding lookup, mid-run."""
+    written = (source.tokenizer or {}).get("vocab_size")
+    if written and written > vocab_size:
+        raise MegadocError(f"{source.prefix}: written by a tokenizer of {written:,} ids, more than the vocabulary of "
+                           f"{vocab_size:,} here (--vocab-size?); give the tokenizer the data was written with "
+                           "(--tokenizer-model)")

@@ -119,9 +119,9 @@ def world():
 
 def _windows(prefix: str, vocab_size: int) -> torch.Tensor:
     """Every packed validation window, as megadoc eval packs them (tokens + the next one)."""
-    from megadoc.evaluation.evaluate import open_prefix, packed_windows
+    from megadoc.evaluation.evaluate import packed_windows
 
-    windows = packed_windows(open_prefix(prefix, vocab_size), prefix, 64, vocab_size)
+    windows = packed_windows(prefix, 64, vocab_size)
     return torch.stack([torch.cat([w["tokens"][:1], w["labels"]]) for w in (windows[i] for i in range(len(windows)))])
 
 
