@@ -56,6 +56,7 @@ def pretrain_config(
     tokenizer_type: str | None = None,
     wandb_project: str | None = None,
     wandb_exp_name: str | None = None,
+    force: bool = False,
 ):
     """A pre-training ConfigContainer for one of the paper's models (`MODELS`: 150m, 300m, 600m, 1.5b, tiny).
 
@@ -67,6 +68,7 @@ def pretrain_config(
     `output_dir`/checkpoints (resumed from there), TensorBoard logs to `output_dir`/tb_logs (default output_dir:
     ./nemo_experiments/megadoc-<model>), and to W&B as well when `wandb_project` is given. The tokenizer is the
     one the data was written with (megadoc's --tokenizer-model: an HF folder, a sentencepiece .model, or smollm2).
+    `force` takes a plan of more than 10M steps (megadoc blend's --force).
     """
     from megadoc_data.bridge import MegadocDatasetProvider
     from megadoc_data.config import MegadocBlendConfig
@@ -82,7 +84,7 @@ def pretrain_config(
             real_prefix=real_path, synthetic_prefixes=list(synthetic_paths), synthetic_weights=synthetic_weights,
             real_epochs=real_epochs, synthetic_fraction=synthetic_fraction, seq_length=seq_length,
             global_batch_size=global_batch_size, base_steps=base_steps, seed=seed, valid_prefixes=list(valid_paths),
-            path_to_cache=data_cache_path),
+            path_to_cache=data_cache_path, force=force),
         dataloader_type="single", num_workers=2)
     cfg.train.global_batch_size, cfg.train.micro_batch_size = global_batch_size, micro_batch_size
     cfg.model.tensor_model_parallel_size = tensor_model_parallel_size

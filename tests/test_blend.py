@@ -165,7 +165,7 @@ def test_a_real_stream_in_pieces(prefixes, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--real-epochs", "1e9"], "more than 10,000,000: a typo in E or r? (--force to train it anyway)"),
+    (["--real-epochs", "1e9"], "more than 10,000,000: a typo in E or r? (--force, or force=true for megadoc pretrain"),
     (["--synthetic-fraction", "0.9999999999", "--synthetic-path", "SYN"], "more than 10,000,000"),
     (["--real-epochs", "1e-9"], "real_epochs: floor(46 x E 1e-09 / (1 - r 0)) = 0 steps; raise E"),
     (["--real-epochs", "1e16", "--force"], "beyond what any index can count"),

@@ -159,14 +159,25 @@ def train_log(path: Path, global_batch_size: int):
     return TrainLog()
 
 
-def run(args) -> int:
-    from megatron.bridge.training.gpt_step import forward_step
-    from megatron.bridge.training.pretrain import pretrain
+def import_bridge():
+    """Megatron-Bridge's (pretrain, forward_step), or one line saying where `megadoc pretrain` runs."""
+    try:
+        from megatron.bridge.training.gpt_step import forward_step
+        from megatron.bridge.training.pretrain import pretrain
+    except ImportError as error:
+        raise MegadocError(f"Megatron-Bridge cannot be imported here ({error}): megadoc pretrain runs where it and "
+                           "Transformer Engine are installed (a NeMo container, `pip install -e .[nemo]`); on a CPU "
+                           "train with megadoc train") from None
+    return pretrain, forward_step
 
+
+def run(args) -> int:
     from megadoc.training.checkpoints import check_resumable, global_rank, save_run_config
     from megadoc.training.loop import LOG_NAME
     from megadoc.training.registry import record_run, run_record
 
+    model_name(args.recipe)
+    pretrain, forward_step = import_bridge()
     cfg = build_config(args.recipe, args.overrides)
     save = cfg.checkpoint.save
     if not save:

@@ -115,14 +115,14 @@ def make_plan(config: MegadocBlendConfig, real_pass_sequences: list[int] | None 
 
 def _check_size(iters: int, base: int, config: MegadocBlendConfig) -> None:
     """Refuse a plan of no step, one whose counts overflow int64 indices, and (unless forced) a huge one."""
-    what = f"floor({base} x E {config.real_epochs:g} / (1 - r {config.synthetic_fraction:g})) = {iters:,} steps"
+    what = f"floor({base} x E {config.real_epochs:.12g} / (1 - r {config.synthetic_fraction:.12g})) = {iters:,} steps"
     if iters == 0:
         raise MegadocError(f"real_epochs: {what}; raise E (or base_steps)")
     if iters * config.global_batch_size * config.seq_length >= 2**62:
         raise MegadocError(f"synthetic_fraction: {what}, beyond what any index can count; r must stay below 1")
     if iters > MAX_TRAIN_ITERS and not config.force:
         raise MegadocError(f"real_epochs / synthetic_fraction: {what}, more than {MAX_TRAIN_ITERS:,}: a typo in E or "
-                           "r? (--force to train it anyway)")
+                           "r? (--force, or force=true for megadoc pretrain, to train it anyway)")
 
 
 def _real_parts(prefixes: list[str], real: StreamPlan, pass_sizes: list[int] | None, length: int) -> list[StreamPlan]:
