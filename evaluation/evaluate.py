@@ -177,9 +177,10 @@ class DocumentStartWindows(torch.utils.data.Dataset):
 
 def trained_tokenizer(recipe: TrainingRecipe):
     """The tokenizer the checkpoint was trained with, where its files are still at hand (else None)."""
-    from megadoc.preprocess.tokenizer import build_tokenizer
+    from megadoc.preprocess.tokenizer import EMBEDDED_TOKENIZER, build_tokenizer
 
-    if recipe.tokenizer is None or not os.path.exists(recipe.tokenizer.model):
+    if recipe.tokenizer is None or not (recipe.tokenizer.model == EMBEDDED_TOKENIZER
+                                        or os.path.exists(recipe.tokenizer.model)):
         return None
     return build_tokenizer(recipe.tokenizer)
 
