@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from megadoc.files import atomic_write, check_output_file
+from megadoc.files import atomic_write, check_output_dir, check_output_file
 from megadoc.preprocess.corpus import add_corpus_arguments, iter_records, record_id, record_text
 from megadoc.errors import MegadocError
 from megadoc.preprocess.tokenizer import Tokenizer, add_tokenizer_arguments, build_tokenizer, spec_from_args
@@ -175,13 +175,13 @@ def write_split(inputs: list[str], ids: list[str], split: Split, budgets: dict[s
 
 def split_corpus(inputs: list[str], out_dir: str | os.PathLike, tokenizer: Tokenizer, config: SplitConfig) -> dict:
     """Hold out the validation sets of `inputs` under `out_dir`; returns what split.json records."""
-    out = Path(out_dir)
-    for name in (TRAIN, VALID_IID, VALID_LONG, VALIDATION_IDS, SPLIT_JSON):
-        check_output_file(out / name, "--output-dir")
+    out = check_output_dir(out_dir, "--output-dir")  # before the corpus is counted; made once the draw holds
     ids, lengths = count_tokens(inputs, tokenizer, config.json_key)
     split = draw_split(lengths, config)
     held_out = sorted(split.held_out)
     budgets = draw_budgets(lengths, np.setdiff1d(np.arange(len(ids)), held_out), config)
+    for name in (TRAIN, VALID_IID, VALID_LONG, VALIDATION_IDS, SPLIT_JSON):
+        check_output_file(out / name, "--output-dir")
     if budgets:
         (out / BUDGETS_DIR).mkdir(exist_ok=True)
     counts = write_split(inputs, ids, split, budgets, out, config.json_key)
