@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from megadoc.errors import MegadocError
+from megadoc.files import settle_made_folders
 
 # name -> (module, one-line help), in the order data flows through the method.
 STAGES: dict[str, tuple[str, str]] = {
@@ -67,7 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+    except BaseException:
+        settle_made_folders(failed=True)
+        return _failure(name, debug)
+    settle_made_folders(failed=code != 0)
+    return code
+
+
+def _failure(name: str, debug: bool) -> int:
+    """The one line (and exit status) of a stage that raised; the exception being handled."""
+    try:
+        raise
     except MegadocError as error:
         if debug:
             traceback.print_exc()

@@ -64,9 +64,25 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+_MADE: list[Path] = []
+"""Folders made for a stage's outputs in this process, shallowest first (see settle_made_folders)."""
+
+
+def settle_made_folders(failed: bool) -> None:
+    """At a stage's end: if it failed, remove the folders it made for its outputs where they are still empty, so a
+    refused input leaves no trace (a folder holding anything, e.g. a killed run's temporaries, stays); forget them."""
+    while _MADE:
+        folder = _MADE.pop()
+        if failed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 def _writable_folder(folder: Path, flag: str, path: Path) -> None:
+    missing = [parent for parent in [folder, *folder.parents] if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _MADE.extend(reversed(missing))
     except (FileExistsError, NotADirectoryError):
         raise MegadocError(f"{flag} {path}: {_existing(folder)} is a file, not a directory") from None
     except OSError as error:

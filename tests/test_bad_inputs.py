@@ -1,6 +1,6 @@
-"""Hostile input to the stages after the data (train, pretrain, eval, export, efficiency, report) and to split: each
-case ends in one line naming the flag, field or file, exit status 1, and the folder as it was (nothing made, nothing
-partial). The data stages' cases are in test_data_bad_inputs.py, tokenize's in test_tokenize.py, the plan's in
+"""Hostile input to the stages after the data (train, pretrain, eval, export, efficiency, report, run, submit) and to
+split, tokenize and blend: each case ends in one line naming the flag, field or file, exit status 1, and the folder as
+it was (nothing made, nothing partial: not even the output folder a stage made before it refused its input). The data stages' cases are in test_data_bad_inputs.py, tokenize's in test_tokenize.py, the plan's in
 test_blend.py, eval's data and checkpoint cases in test_evaluate.py, the pipeline YAML's in test_launch_hardening.py.
 Every case here fails before a model is built or a process group started, so the table runs in seconds."""
 
@@ -71,6 +71,13 @@ CASES = {
                                                 str(c["tmp"] / "f" / "hf")], "f is a file, not a directory"),
     "export --output read-only": (None, lambda c: ["export", "--load", str(c["tmp"]), "--output",
                                                    str(c["ro"] / "hf")], "cannot write in"),
+    "export --output exists": (lambda c: (c["tmp"] / "hf").mkdir(),
+                               lambda c: ["export", "--load", str(c["tmp"]), "--output", str(c["tmp"] / "hf")],
+                               "hf: already exists; export writes a new folder"),
+    "run of a missing YAML": (None, lambda c: ["run", str(c["tmp"] / "p.yaml")], "p.yaml: cannot read the pipeline"),
+    "submit of YAML that is not a mapping": (lambda c: _write(c["tmp"] / "p.yaml", "- 1\n"),
+                                             lambda c: ["submit", str(c["tmp"] / "p.yaml"), "--dry-run"],
+                                             "p.yaml: a pipeline is a YAML mapping"),
     "pretrain unknown recipe": (None, lambda c: ["pretrain", "huge", "real_path=x"], "recipe: 'huge' is not one of"),
     "registry not UTF-8": (lambda c: _write(c["registry"], b"run,method\n\xff\xfe,x\n"),
                            lambda c: _analysis(c, "report", str(c["tmp"] / "out")),
@@ -89,6 +96,13 @@ CASES = {
     "report with a missing loss-by-position curve": (lambda c: (c["registry"].parent / "real.json").unlink(),
                                                      lambda c: _analysis(c, "report", str(c["tmp"] / "out")),
                                                      "real.json: not a loss-by-position JSON"),
+    "tokenize of a refused input into a new folder": (
+        lambda c: _write(c["tmp"] / "bad.jsonl", '{"text": "a"}\n{"text": \n'),
+        lambda c: ["tokenize", "--input", str(c["tmp"] / "bad.jsonl"), "--tokenizer-model", c["sp"], "--no-progress",
+                   "--output-prefix", str(c["tmp"] / "new" / "deeper" / "p")], "bad.jsonl:2: malformed JSON"),
+    "blend --output in a new folder, a prefix missing": (
+        None, lambda c: ["blend", "--real-path", str(c["tmp"] / "missing"), "--seq-length", "64", "--global-batch-size",
+                         "2", "--output", str(c["tmp"] / "new" / "plan.json")], "missing.idx: no such file"),
     "split of too few documents": (None, lambda c: ["split", "--input", c["corpus"], "--tokenizer-model", c["sp"],
                                                     "--iid-docs", "40", "--long-docs", "0", "--long-min-tokens", "10",
                                                     "--output-dir",
