@@ -404,6 +404,9 @@ _CLASSES = {**dict.fromkeys(HF_TYPES, HFTokenizer), **dict.fromkeys(SENTENCEPIEC
 
 
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
+    if not spec.model:
+        raise MegadocError("--tokenizer-model is empty: name a tokenizer.json / HF folder, a .model, a tiktoken file "
+                           "or smollm2")
     if spec.model == EMBEDDED_TOKENIZER:
         from megadoc.preprocess.generate.embedded_model import default_model_dir
 

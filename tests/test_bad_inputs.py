@@ -100,6 +100,9 @@ CASES = {
         lambda c: _write(c["tmp"] / "bad.jsonl", '{"text": "a"}\n{"text": \n'),
         lambda c: ["tokenize", "--input", str(c["tmp"] / "bad.jsonl"), "--tokenizer-model", c["sp"], "--no-progress",
                    "--output-prefix", str(c["tmp"] / "new" / "deeper" / "p")], "bad.jsonl:2: malformed JSON"),
+    "tokenize --tokenizer-model ''": (None, lambda c: ["tokenize", "--input", c["corpus"], "--tokenizer-model", "",
+                                                       "--output-prefix", str(c["tmp"] / "p")],
+                                      "--tokenizer-model is empty"),
     "blend --output in a new folder, a prefix missing": (
         None, lambda c: ["blend", "--real-path", str(c["tmp"] / "missing"), "--seq-length", "64", "--global-batch-size",
                          "2", "--output", str(c["tmp"] / "new" / "plan.json")], "missing.idx: no such file"),
