@@ -92,21 +92,22 @@ def hf_state_dict(state: dict, recipe: TrainingRecipe) -> dict:
     return out
 
 
-def tokenizer_files(recipe: TrainingRecipe) -> tuple[list[Path], int | None]:
-    """(the tokenizer's files to ship with the model, its end-of-document id); none when the run knew only a
-    vocabulary size, or the tokenizer is a tiktoken file (no HF form)."""
+def tokenizer_files(recipe: TrainingRecipe) -> tuple[dict[str, Path], int | None]:
+    """(the tokenizer's files to ship with the model, by the names Hugging Face looks for, and its
+    end-of-document id); none when the run knew only a vocabulary size, or the tokenizer is a tiktoken file (no HF
+    form). A SentencePiece model becomes tokenizer.model, whatever it was called."""
     from megadoc.preprocess.tokenizer import HFTokenizer, SentencePieceTokenizer, build_tokenizer
 
     if recipe.tokenizer is None:
-        return [], None
+        return {}, None
     tokenizer = build_tokenizer(recipe.tokenizer)
     if isinstance(tokenizer, HFTokenizer):
         folder = Path(tokenizer.spec.model)
         folder = folder if folder.is_dir() else folder.parent
-        return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()], tokenizer.eod
+        return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}, tokenizer.eod
     if isinstance(tokenizer, SentencePieceTokenizer):
-        return [Path(tokenizer.spec.model)], tokenizer.eod
-    return [], tokenizer.eod
+        return {"tokenizer.model": Path(tokenizer.spec.model)}, tokenizer.eod
+    return {}, tokenizer.eod
 
 
 def export(load: str, output: str, dtype: str = "float32") -> Path:
@@ -134,8 +135,8 @@ def export(load: str, output: str, dtype: str = "float32") -> Path:
     try:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(recipe, dtype, eos), indent=2) + "\n")
-        for file in files:
-            shutil.copyfile(file, tmp / file.name)
+        for name, file in files.items():
+            shutil.copyfile(file, tmp / name)
         for path in tmp.iterdir():  # readable by the inference jobs of others (safetensors writes 0600)
             path.chmod(0o644)
         tmp.chmod(0o755)
