@@ -1,7 +1,9 @@
-"""`megadoc generate`: split points, post-processing, sharding, resume and bad inputs, on real vLLM (CPU).
+"""`megadoc generate`: split points, post-processing, sharding, resume, identity, locks, engine processes, the
+estimate and bad inputs, on real vLLM (CPU).
 
 vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the "uni" executor): an engine starts in seconds, so the
-tiny random Llama can be started afresh where a test needs a fresh seed. One SmolLM2 case runs the real model.
+tiny random Llama can be started afresh where a test needs a fresh seed; the command line runs its engines in
+processes of their own, as on a cluster. One SmolLM2 case runs the real model.
 """
 
 import json
@@ -28,7 +30,7 @@ from megadoc.preprocess.generate.postprocess import (boundaries, drop_reason, pi
                                                      strip_preamble)
 from megadoc.preprocess.generate.prompts import load_prompt  # noqa: E402
 from megadoc.preprocess.generate.run import GenerateConfig, load_exclude_ids, run_generate  # noqa: E402
-from megadoc.preprocess.generate.shards import iter_rows, shard_of  # noqa: E402
+from megadoc.preprocess.generate.shards import iter_rows, shard_dir, shard_lock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE40 = ROOT / "tests" / "data" / "dclm_sample40.jsonl"
@@ -74,14 +76,6 @@ def test_strip_preamble_and_drops():
     assert drop_reason(" ".join(f"word{i}" for i in range(100))) is None
 
 
-def test_shard_assignment_is_a_partition():
-    ids = [doc.id for doc in iter_documents([str(SAMPLE40)])]
-    for k in (1, 3, 7):
-        shards = [[i for i in ids if shard_of(i, k) == s] for s in range(k)]
-        assert sorted(sum(shards, [])) == sorted(ids)
-        assert shards == [[i for i in ids if shard_of(i, k) == s] for s in range(k)]  # deterministic
-
-
 def test_prompts_and_exclude_ids(tmp_path):
     for name in ("wikipedia", "qa", "plain"):
         assert "{text}" in load_prompt(name, "rephrase").user
@@ -100,25 +94,6 @@ def test_prompts_and_exclude_ids(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bad inputs (no engine)
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A random 2-layer Llama (hidden 64, 2 heads of 32) with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from megadoc.preprocess.generate.embedded_model import default_model_dir
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
 
 def _cli(*args):
     return cli_main(["generate", *map(str, args)])
@@ -201,6 +176,170 @@ def test_resume_skips_committed_chunks_and_removes_uncommitted(tmp_path, tiny_en
     assert not list(shard.glob("*.tmp"))
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, which PID 1 may never reap here, is dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_kill_9_leaves_no_engine_and_the_rerun_completes_without_duplicates(tmp_path, tiny_model):
+    out = tmp_path / "gen"
+    command = [sys.executable, "-m", "megadoc.cli", "generate", "rephrase", "--input", str(SAMPLE40), "--output",
+               str(out), "--model", tiny_model, "-G", "2", "--max-tokens", "64", "--chunk-docs", "2",
+               "--engine-arg", "max_num_seqs=2"]
+    manifest = out / "shard-00000-of-00001" / "manifest.json"
+    # vLLM's own engine-core process too, as on a cluster: the engine process and its child must both go.
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    engines = _descendants(process.pid)
+    assert len(engines) >= 2, engines  # the engine process and vLLM's engine core (at least)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(_alive, engines)):
+        time.sleep(0.1)
+    assert not [pid for pid in engines if _alive(pid)], "engine processes outlived their parent"
+    assert not json.loads(manifest.read_text())["complete"]
+    assert subprocess.run(command + ["--engine-arg", "distributed_executor_backend=uni"], capture_output=True
+                          ).returncode == 0
+    rows = list(iter_rows(str(out)))
+    keys = Counter((row["doc_id"], row["index"]) for row in rows)
+    drops = sum(v for c in json.loads(manifest.read_text())["chunks"] for k, v in c.items() if k.startswith("drop:"))
+    assert max(keys.values()) == 1 and len(rows) + drops == 80
+
+
+# ------------------------------------------------------------------------------------------ identity, locks, engines
+
+
+def test_shard_identity_refuses_changed_inputs_and_accepts_other_paths(tmp_path, tiny_engine, monkeypatch):
+    corpus = tmp_path / "in" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_bytes(SAMPLE40.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    base = {"kind": "rephrase", "inputs": ["./in/corpus.jsonl"], "output": "out", "g": 2, "max_tokens": 4,
+            "chunk_docs": 16}
+    same = EngineConfig(model=tiny_engine.model)
+    assert run_generate(GenerateConfig(**base), same, engine=tiny_engine)["docs"] == 40
+    # The same run from another working directory, every path spelled differently: the same (finished) shard.
+    monkeypatch.chdir(tmp_path / "in")
+    other = GenerateConfig(**{**base, "inputs": ["corpus.jsonl"], "output": "../out/"})
+    assert run_generate(other, EngineConfig(model=tiny_engine.model + "/"), engine=tiny_engine)["docs"] == 40
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MegadocError, match="made with different seed"):
+        run_generate(GenerateConfig(**base), EngineConfig(model=tiny_engine.model, seed=1), engine=tiny_engine)
+    text = corpus.read_bytes()
+    at = text.index(b" the ")
+    corpus.write_bytes(text[:at] + b" THE " + text[at + 5:])  # changed in place, same size
+    with pytest.raises(MegadocError, match=r"corpus changed in place since this shard was started \(chunk \d"):
+        run_generate(GenerateConfig(**base), same, engine=tiny_engine)
+    appended = text + b'{"id": "appended", "text": "A document added after the shard was complete."}\n'
+    corpus.write_bytes(appended)
+    with pytest.raises(MegadocError, match=rf"the corpus changed since this directory was made \(.*corpus.jsonl: "
+                                           rf"{len(text):,} bytes then, {len(appended):,} now\); use a new --output"):
+        run_generate(GenerateConfig(**base), same, engine=tiny_engine)
+
+
+def test_a_second_process_on_a_shard_gets_one_line(tmp_path, tiny_model, capsys):
+    out = tmp_path / "out"
+    with shard_lock(shard_dir(str(out), 0, 1)):
+        code = _cli("rephrase", "--input", SAMPLE40, "--output", out, "--model", tiny_model, "-G", "2", "--max-tokens", "16")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert f"pid {os.getpid()} on " in err and "is writing this shard" in err
+
+
+@pytest.mark.parametrize("flags", [["--max-tokens", "64", "--max-model-len", "128"], ["--max-tokens", "8150"]])
+def test_a_context_too_small_for_the_template_is_one_line(tmp_path, capsys, flags):
+    """No engine starts and nothing hangs: the template alone does not fit (SmolLM2's default context: 8192)."""
+    start = time.perf_counter()
+    assert _cli("rephrase", "--input", SAMPLE40, "--output", tmp_path / "out", *flags) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the prompt template alone takes" in err, err
+    assert not (tmp_path / "out").exists() and time.perf_counter() - start < 60
+
+
+def test_two_engine_processes_write_the_rows_of_one_engine(tmp_path, tiny_engine):
+    """--engines 2 (here two processes on one core each) against one engine in this process: the same rows."""
+    kw = {"g": 2, "max_tokens": 8, "chunk_docs": 3}
+    one = run_generate(_config(tmp_path, **kw), EngineConfig(model=tiny_engine.model), engine=tiny_engine)
+    command = [sys.executable, "-m", "megadoc", "generate", "rephrase", "--input", str(SAMPLE40), "--output",
+               str(tmp_path / "two"), "--model", tiny_engine.model, "-G", "2", "--max-tokens", "8", "--chunk-docs", "3",
+               "--engines", "2", "--engine-arg", "distributed_executor_backend=uni"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_key = [{(r["doc_id"], r["index"]): r["prompt_tokens"] for r in iter_rows(str(d))}
+              for d in (tmp_path / "rephrase", tmp_path / "two")]
+    assert by_key[0] == by_key[1] and len(by_key[0]) == 80  # every document's G generations, the same prompts
+    manifest = json.loads((tmp_path / "two" / "shard-00000-of-00001" / "manifest.json").read_text())
+    assert manifest["runs"][-1]["engines"] == 2 and one["docs"] == 40 and manifest["complete"]
+    # Quiet: the engines' output went to their logs; the terminal got the bar and the summary.
+    logs = sorted((tmp_path / "two" / "logs").glob("*.log"))
+    assert [p.name for p in logs] == [f"shard-00000-of-00001-engine{i}.log" for i in range(2)]
+    assert all("vllm" in p.read_text().lower() for p in logs)
+    assert "INFO" not in result.stderr + result.stdout and "generations 80" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------ estimate
+
+
+def test_decode_replay():
+    from megadoc.preprocess.generate.estimate import decode_seconds
+
+    assert decode_seconds([2, 2], 2, 2, (1.0, 0.0)) == 2  # both in one batch: two steps
+    assert decode_seconds([2, 2], 2, 1, (1.0, 0.0)) == 4  # one at a time
+    assert decode_seconds([1, 3], 2, 2, (0.0, 1.0)) == 2 + 2  # a step of 2 sequences, then two of 1
+
+
+def test_estimate_from_a_finished_run_and_from_a_sample(tmp_path, tiny_engine, capsys):
+    flags = ["rephrase", "--input", SAMPLE40, "--output", tmp_path / "rephrase", "--model", tiny_engine.model, "-G",
+             "2", "--max-tokens", "16", "--sample-docs", "4", "--gpus", "4", "--engine-arg",
+             "distributed_executor_backend=uni"]
+    # After a run, its manifests are the measurement (no engine), and they hold the real totals.
+    summary = run_generate(_config(tmp_path, g=2, max_tokens=16), EngineConfig(model=tiny_engine.model),
+                           engine=tiny_engine)
+    assert _cli("estimate", *flags, "--json", tmp_path / "run.json") == 0
+    assert "measured on 1 earlier run(s)" in capsys.readouterr().out
+    figures = json.loads((tmp_path / "run.json").read_text())
+    assert figures["output_tokens"] == summary["completion_tokens"]
+    assert figures["prompt_tokens"] == summary["prompt_tokens"]
+    # A sample measured by an engine of its own (last: an in-process engine that ends resets vLLM's globals).
+    assert _cli("estimate", *flags, "--resample", "--json", tmp_path / "sample.json") == 0
+    out = capsys.readouterr().out
+    assert "corpus: 40 documents (counted)" in out
+    assert re.search(r"measured on a sample of [34] documents", out)  # one from each quarter that has one
+    figures = json.loads((tmp_path / "sample.json").read_text())
+    assert (figures["documents"], figures["engines"], figures["gpus"]) == (40, 4, 4)
+    assert figures["wall_seconds"] > figures["startup_seconds"] > 0
+    assert figures["gpu_hours"] == pytest.approx(figures["wall_seconds"] * 4 / 3600)
+    assert 0 < figures["output_tokens"] <= 40 * 2 * 16 and figures["prompt_tokens"] > 40 * 50
+    assert figures["stream_tokens"] == figures["generated_tokens_kept"] + figures["real_tokens"] > 0
+
+
 def test_same_seed_same_output(tmp_path, tiny_model):
     texts = []
     for run in range(2):
@@ -209,29 +348,6 @@ def test_same_seed_same_output(tmp_path, tiny_model):
         texts.append([(r["doc_id"], r["index"], r["text"]) for r in iter_rows(str(tmp_path / str(run) / "rephrase"))])
         del engine
     assert texts[0] == texts[1] and len(texts[0]) > 0
-
-
-def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, tiny_model):
-    out = tmp_path / "gen"
-    command = [sys.executable, "-m", "megadoc.cli", "generate", "rephrase", "--input", str(SAMPLE40), "--output",
-               str(out), "--model", tiny_model, "-G", "2", "--max-tokens", "64", "--chunk-docs", "2",
-               "--engine-arg", "distributed_executor_backend=uni", "--engine-arg", "max_num_seqs=2"]
-    manifest = out / "shard-00000-of-00001" / "manifest.json"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not json.loads(manifest.read_text())["complete"]
-    assert subprocess.run(command, capture_output=True).returncode == 0
-    rows = list(iter_rows(str(out)))
-    keys = Counter((row["doc_id"], row["index"]) for row in rows)
-    drops = sum(v for c in json.loads(manifest.read_text())["chunks"] for k, v in c.items() if k.startswith("drop:"))
-    assert max(keys.values()) == 1 and len(rows) + drops == 80
 
 
 def test_smollm2_rephrase_and_rationale(tmp_path):

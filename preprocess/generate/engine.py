@@ -1,6 +1,6 @@
 """The vLLM engine of `megadoc generate`: its config, its flags (declared once, for the CLI and
-benchmarks/bench_generate.py), and the offline `LLM` plus the chat rendering and token counting that fitting
-prompts to the context needs."""
+benchmarks/bench_generate.py), the model's tokenizer as prompts need it (chat rendering and token offsets, no engine
+needed: the process that reads the corpus renders prompts while engines generate), and the offline `LLM`."""
 
 import argparse
 import json
@@ -79,14 +79,16 @@ def engine_config_from_args(args, **extra) -> EngineConfig:
 
 
 def resolve_model(config: EngineConfig) -> EngineConfig:
-    """The config with its model named: the embedded model when none is given; a local path checked to be a
-    model directory before any engine is paid for."""
+    """The config with its model named: the embedded model when none is given; a local path checked to be a model
+    directory before any engine is paid for, and normalised (`./m/`, `m` and `/abs/m` are one model), so a run
+    resumed from another working directory is the same run."""
     from megadoc.preprocess.generate.embedded_model import default_model_dir
 
     model = config.model if config.model is not None else default_model_dir()
     if os.path.exists(model) or model.startswith((".", "/")):
         if not os.path.isdir(model) or not os.path.exists(os.path.join(model, "config.json")):
             raise MegadocError(f"{model}: not a model directory (no config.json)")
+        model = os.path.realpath(model)
     return replace(config, model=model)
 
 
@@ -101,8 +103,42 @@ def model_context(model_dir: str, max_model_len: int | None) -> int | None:
     return config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
 
 
-class Engine:
-    """vLLM's offline LLM plus the chat rendering and token counting the context policy needs."""
+class PromptTokenizer:
+    """The model's tokenizer as prompts need it: chat rendering exactly as `LLM.chat` does, and token offsets."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> "PromptTokenizer":
+        """The tokenizer vLLM would load for this engine config (its `tokenizer` engine argument, else the model)."""
+        from transformers import AutoTokenizer
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        source = config.extra.get("tokenizer") or config.model
+        try:
+            return cls(AutoTokenizer.from_pretrained(source, revision=config.extra.get("tokenizer_revision"),
+                                                     trust_remote_code=bool(config.extra.get("trust_remote_code"))))
+        except (OSError, ValueError) as error:
+            raise MegadocError(f"{source}: cannot load its tokenizer ({str(error).splitlines()[0]})") from None
+
+    def render(self, messages: list[dict]) -> list[int]:
+        """Prompt token ids exactly as `LLM.chat` would build them."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token_starts(self, text: str) -> list[int]:
+        """Character offsets where each token of `text` starts."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [start for start, _ in enc["offset_mapping"]]
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Engine(PromptTokenizer):
+    """vLLM's offline LLM, with its own tokenizer for prompts."""
 
     def __init__(self, config: EngineConfig):
         import torch
@@ -117,15 +153,5 @@ class Engine:
                        tensor_parallel_size=config.tensor_parallel_size,
                        gpu_memory_utilization=config.gpu_memory_utilization, dtype=config.dtype,
                        enforce_eager=eager, enable_prefix_caching=True, **config.extra)
-        self.tokenizer = self.llm.get_tokenizer()
+        super().__init__(self.llm.get_tokenizer())
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-
-    def render(self, messages: list[dict]) -> list[int]:
-        """Prompt token ids exactly as `LLM.chat` would build them."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def token_starts(self, text: str) -> list[int]:
-        """Character offsets where each token of `text` starts."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [start for start, _ in enc["offset_mapping"]]

@@ -27,19 +27,24 @@ class Request:
     doc_id: str
     index: int
     """first generation index this request fills"""
+    messages: list[dict]
+    """the chat messages (after fitting), for an endpoint's chat API"""
     prompt_ids: list[int]
+    """the same prompt rendered by the model's chat template: what an engine is given"""
     truncated: bool
     split_offset: int | None = None
 
 
-def fit(engine, build, parts: list[str], keep_end: list[bool], budget: int) -> tuple[list[int], bool]:
-    """Prompt ids of `build(*parts)`, cutting the parts to fit `budget` tokens (end kept where keep_end).
+def fit(tokenizer, build, parts: list[str], keep_end: list[bool], budget: int) -> tuple[list[dict], list[int], bool]:
+    """Messages and prompt ids of `build(*parts)`, cutting the parts to fit `budget` tokens (end kept where
+    keep_end); `tokenizer` is an `engine.PromptTokenizer`.
 
     Refuses (rather than loops) when the template alone, with every part empty, does not fit."""
-    ids = engine.render(build(*parts))
+    messages = build(*parts)
+    ids = tokenizer.render(messages)
     if len(ids) <= budget:
-        return ids, False
-    starts = [engine.token_starts(part) for part in parts]
+        return messages, ids, False
+    starts = [tokenizer.token_starts(part) for part in parts]
     sizes = [len(s) for s in starts]
     overflow = len(ids) - budget
     while True:
@@ -47,9 +52,10 @@ def fit(engine, build, parts: list[str], keep_end: list[bool], budget: int) -> t
         room = sum(sizes) - overflow
         share = _shares(sizes, max(room, 0))
         cut = [_cut(part, s, n, end) for part, s, n, end in zip(parts, starts, share, keep_end)]
-        ids = engine.render(build(*cut))
+        messages = build(*cut)
+        ids = tokenizer.render(messages)
         if len(ids) <= budget:
-            return ids, True
+            return messages, ids, True
         if room <= 0:
             raise MegadocError(f"the prompt template alone takes {len(ids)} tokens, more than the {budget} the "
                                "context leaves after --max-tokens; lower --max-tokens or raise --max-model-len")
@@ -74,35 +80,45 @@ def _cut(text: str, starts: list[int], keep: int, keep_end: bool) -> str:
     return text[starts[len(starts) - keep]:] if keep_end else text[:starts[keep]]
 
 
-def rephrase_requests(engine, template: PromptTemplate, doc: Document, budget: int) -> list[Request]:
+def check_template_fits(tokenizer, template: PromptTemplate, budget: int) -> None:
+    """Refuse, before any engine starts, a context that cannot hold the template even with an empty document."""
+    empty = {"rephrase": ([""], lambda text: template.messages(text=text)),
+             "rationale": (["", ""], lambda prefix, suffix: template.messages(prefix=prefix, suffix=suffix))}
+    parts, build = empty[template.kind]
+    fit(tokenizer, build, parts, [False] * len(parts), budget)
+
+
+def rephrase_requests(tokenizer, template: PromptTemplate, doc: Document, budget: int) -> list[Request]:
     """One request for the G samples of the document's rephrase."""
-    ids, truncated = fit(engine, lambda text: template.messages(text=text), [doc.text], [False], budget)
-    return [Request(doc.id, 0, ids, truncated)]
+    messages, ids, truncated = fit(tokenizer, lambda text: template.messages(text=text), [doc.text], [False], budget)
+    return [Request(doc.id, 0, messages, ids, truncated)]
 
 
-def rationale_requests(engine, template: PromptTemplate, doc: Document, g: int, budget: int) -> list[Request] | None:
+def rationale_requests(tokenizer, template: PromptTemplate, doc: Document, g: int, budget: int
+                       ) -> list[Request] | None:
     """One request per split point (None when the document has fewer than G word boundaries)."""
-    offsets = split_offsets(doc.text, engine.token_starts(doc.text), g)
+    offsets = split_offsets(doc.text, tokenizer.token_starts(doc.text), g)
     if offsets is None:
         return None
     requests = []
     for index, offset in enumerate(offsets):
-        ids, truncated = fit(engine, lambda prefix, suffix: template.messages(prefix=prefix, suffix=suffix),
-                             [doc.text[:offset], doc.text[offset:]], [True, False], budget)
-        requests.append(Request(doc.id, index, ids, truncated, offset))
+        messages, ids, truncated = fit(tokenizer,
+                                       lambda prefix, suffix: template.messages(prefix=prefix, suffix=suffix),
+                                       [doc.text[:offset], doc.text[offset:]], [True, False], budget)
+        requests.append(Request(doc.id, index, messages, ids, truncated, offset))
     return requests
 
 
-def chunk_requests(engine, kind: str, g: int, template: PromptTemplate, docs: list[Document],
+def chunk_requests(tokenizer, kind: str, g: int, template: PromptTemplate, docs: list[Document],
                    budget: int) -> tuple[list[Request], Counter]:
     """A chunk's requests, and its counts so far (documents too short to split, truncated documents)."""
     counts: Counter = Counter()
     requests: list[Request] = []
     for doc in docs:
         if kind == "rephrase":
-            doc_requests = rephrase_requests(engine, template, doc, budget)
+            doc_requests = rephrase_requests(tokenizer, template, doc, budget)
         else:
-            doc_requests = rationale_requests(engine, template, doc, g, budget)
+            doc_requests = rationale_requests(tokenizer, template, doc, g, budget)
             if doc_requests is None:
                 counts["drop:too_short"] += g
                 continue

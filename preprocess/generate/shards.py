@@ -1,15 +1,20 @@
 """The generation shard format: the contract between `megadoc generate` (writer) and `megadoc assemble` (reader).
 
 A generation directory holds one folder per shard, `shard-<i>-of-<K>/`, each with committed Parquet chunks
-`chunk-<n>.parquet` and a `manifest.json`. Document -> shard is a hash of its id modulo K, so K shards cover every
-document exactly once. Chunk n is committed by renaming its Parquet file into place and then rewriting the manifest
-(both atomic); a re-run deletes chunk files the manifest does not list, so only files a manifest lists are ever
-read. One row per generation, with the columns below; every row carries a hash of the prompt template and sampling
-parameters, and a directory made with other parameters is refused.
+`chunk-<n>.parquet` and a `manifest.json`. Shard i holds the documents of share i of K of the corpus (a byte range
+of its files laid end to end, `megadoc.preprocess.corpus`), so K shards cover every record exactly once and read the
+corpus about once between them. Chunk n is committed by renaming its Parquet file into place and then rewriting the
+manifest (both atomic); a re-run deletes chunk files the manifest does not list, so only files a manifest lists are
+ever read. One row per generation, with the columns below; every row carries a hash of the prompt template and
+sampling parameters, and a directory made with other parameters (or from a corpus whose files changed) is refused.
+A process writing a shard holds its lock (`.lock` in the shard folder) until it ends: a second one is refused.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +24,7 @@ from megadoc.files import atomic_write
 
 KINDS = ("rephrase", "rationale")
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 # column -> meaning
 COLUMNS = {
@@ -46,11 +52,6 @@ def schema():
     return pa.schema([(name, types[name]) for name in COLUMNS])
 
 
-def shard_of(doc_id: str, num_shards: int) -> int:
-    """The shard a document belongs to: a stable hash of its id (the same on every machine and run)."""
-    return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).digest()[:8], "big") % num_shards
-
-
 def shard_dir(output: str, index: int, num_shards: int) -> Path:
     return Path(output, f"shard-{index:05d}-of-{num_shards:05d}")
 
@@ -72,13 +73,27 @@ def read_manifest(path: Path) -> dict:
         raise MegadocError(f"{path}: unreadable manifest ({error})") from None
 
 
+def _corpus_change(then: list, now: list) -> str:
+    """What changed between two corpus listings ([path, size] pairs), in words."""
+    before, after = dict(map(tuple, then)), dict(map(tuple, now))
+    changes = [f"{path}: {before[path]:,} bytes then, {after[path]:,} now" for path in after
+               if path in before and before[path] != after[path]]
+    changes += [f"{path} added" for path in after if path not in before]
+    changes += [f"{path} gone" for path in before if path not in after]
+    return "; ".join(changes[:3]) or "the same files in another order"
+
+
 def check_directory(output: str, params: dict) -> None:
-    """Refuse an output directory that holds shards made with other parameters or another shard count."""
+    """Refuse an output directory that holds shards made with other parameters, from a corpus that has changed
+    since, or with another shard count."""
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise MegadocError(f"{output}: exists and is not a directory")
     for manifest_path in sorted(out.glob("shard-*/" + MANIFEST)):
         existing = read_manifest(manifest_path)["params"]
+        if "corpus" in existing and existing["corpus"] != params["corpus"]:
+            raise MegadocError(f"{manifest_path}: the corpus changed since this directory was made "
+                               f"({_corpus_change(existing['corpus'], params['corpus'])}); use a new --output")
         differ = sorted(k for k in set(existing) | set(params) if existing.get(k) != params.get(k))
         if differ:
             raise MegadocError(f"{manifest_path}: made with different {', '.join(differ)}; "
@@ -88,15 +103,35 @@ def check_directory(output: str, params: dict) -> None:
             raise MegadocError(f"{path}: made with another --num-shards; refusing to mix them (use a new --output)")
 
 
+@contextlib.contextmanager
+def shard_lock(directory: Path):
+    """Hold the shard's lock for the whole run; a second process on the same shard gets one clear line. The kernel
+    drops the lock when its holder dies, however it dies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MegadocError(f"{directory}: {holder} is writing this shard; wait for it to end (or run another "
+                               "--shard-index)") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        yield
+
+
 def open_shard(directory: Path, params: dict) -> dict:
     """The shard's manifest (new or resumed), after removing files no manifest lists (a killed commit)."""
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / MANIFEST
     manifest = read_manifest(manifest_path) if manifest_path.exists() else {
-        "params": params, "params_hash": params_hash(params), "chunks": [], "complete": False, "counts": {}}
+        "params": params, "params_hash": params_hash(params), "chunks": [], "complete": False, "counts": {},
+        "runs": []}
     listed = {chunk["file"] for chunk in manifest["chunks"]}
     for path in directory.iterdir():
-        if path.name != MANIFEST and path.name not in listed:
+        if path.name not in (MANIFEST, LOCK) and path.name not in listed:
             path.unlink()
     return manifest
 
@@ -139,6 +174,18 @@ def format_summary(summary: dict) -> str:
             f"truncated documents {summary.get('truncated_docs', 0)}, drops: {drop_text}, "
             f"excluded documents {summary.get('excluded_docs', 0)}, "
             f"repeated ids skipped {summary.get('duplicate_id_docs', 0)}")
+
+
+def repeated_ids(output: str) -> int:
+    """Document ids with generations in more than one shard (a corpus that repeats an id across shares;
+    `megadoc split` refuses such a corpus)."""
+    import pyarrow.parquet as pq
+
+    shards_of: dict[str, set] = defaultdict(set)
+    for path in chunk_files(output):
+        for doc_id in pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist():
+            shards_of[doc_id].add(path.parent.name)
+    return sum(len(shards) > 1 for shards in shards_of.values())
 
 
 def directory_status(output: str) -> list[tuple[str, dict | None]]:
