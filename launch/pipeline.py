@@ -67,15 +67,24 @@ class GenerateStage:
     rationale_max_tokens: int = 512
     """New tokens per rationale (the paper: 512)."""
     num_shards: int = 1
-    """Generation shards: one Slurm array task each."""
+    """Generation shards: one Slurm array task each, reading 1/num_shards of the corpus."""
     chunk_docs: int = 64
     """Documents per committed chunk: the most work a killed task redoes."""
     model: str | None = None
     """HF model directory (None: the embedded SmolLM2-135M-Instruct)."""
     seed: int = 0
     """Engine seed."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine; a task runs slurm.generate.gpus_per_node / this many engines, one per GPU group."""
     engine_args: list[str] = field(default_factory=list)
-    """More `megadoc generate` flags, e.g. ["--tensor-parallel-size", "8", "--max-model-len", "8192"]."""
+    """More `megadoc generate` flags, e.g. ["--max-model-len", "8192", "--engine-arg", "max_num_seqs=512"]."""
+
+    def engines(self, gpus_per_node: int) -> int:
+        """Engines per generation task: every GPU of the node busy (one engine without GPUs)."""
+        if gpus_per_node % self.tensor_parallel_size:
+            raise MegadocError(f"slurm.generate.gpus_per_node {gpus_per_node} is not a multiple of "
+                               f"generate.tensor_parallel_size {self.tensor_parallel_size}")
+        return max(gpus_per_node // self.tensor_parallel_size, 1)
 
     def generations(self, kind: str) -> int | None:
         """G of a generation kind ('rephrase' or 'rationale')."""
@@ -161,6 +170,12 @@ class Resources:
     """Shell lines the job runs first, e.g. ['source /opt/megadoc/.venv/bin/activate']."""
     python: str = "python"
     """The Python with megadoc on the compute nodes (steps run `python -m megadoc ...`)."""
+    array_limit: int | None = None
+    """Array steps (generation): at most this many tasks of one array job run at once (sbatch --array=...%N)."""
+    requeue_before_timeout: int | None = None
+    """Seconds before the time limit at which Slurm signals the job (--signal=B:USR1@N); the job then stops its
+    step and requeues itself, and the requeued job resumes from what was committed. None: a job that reaches its
+    time limit fails (preemption with PreemptMode=REQUEUE requeues by itself: every job has --requeue)."""
 
 
 @dataclass
@@ -172,6 +187,10 @@ class SlurmStage:
     qos: str | None = None
     extra_sbatch: list[str] = field(default_factory=list)
     """More #SBATCH options for every job, e.g. ['--exclusive']."""
+    max_array_size: int | None = None
+    """The cluster's MaxArraySize (array task ids stay below it): a longer array goes as several array jobs, and
+    the steps after it wait for all of them. None: asked of the cluster (scontrol show config) when submitting,
+    Slurm's default 1001 in a dry run."""
     cpu: Resources = field(default_factory=Resources)
     """split, tokenize, assemble and report."""
     generate: Resources = field(default_factory=Resources)
@@ -328,8 +347,14 @@ class PipelineConfig:
         positive = {"train.nproc_per_node": self.train.nproc_per_node, "generate.num_shards": self.generate.num_shards,
                     "generate.chunk_docs": self.generate.chunk_docs, "generate.rephrases": self.generate.rephrases or 1,
                     "generate.rationales": self.generate.rationales or 1, "train.global_batch_size":
-                    self.train.global_batch_size, **{f"slurm.{kind}.nodes": getattr(self.slurm, kind).nodes
-                                                     for kind in ("cpu", "generate", "train", "eval")}}
+                    self.train.global_batch_size, "generate.tensor_parallel_size": self.generate.tensor_parallel_size,
+                    **({"slurm.max_array_size": self.slurm.max_array_size}
+                       if self.slurm.max_array_size is not None else {}),
+                    **{f"slurm.{kind}.nodes": getattr(self.slurm, kind).nodes
+                       for kind in ("cpu", "generate", "train", "eval")},
+                    **{f"slurm.{kind}.{name}": value for kind in ("cpu", "generate", "train", "eval")
+                       for name in ("array_limit", "requeue_before_timeout")
+                       if (value := getattr(getattr(self.slurm, kind), name)) is not None}}
         for key, value in positive.items():
             if value < 1:
                 raise MegadocError(f"{key}: {value} must be >= 1")
@@ -340,6 +365,10 @@ class PipelineConfig:
         for key, seeds in (("seeds", self.seeds), ("data_budgets.seeds", self.data_budgets.seeds)):
             if seeds is not None and (not seeds or len(set(seeds)) < len(seeds)):
                 raise MegadocError(f"{key}: {seeds} must be distinct seeds, at least one")
+        if "--tensor-parallel-size" in self.generate.engine_args:
+            raise MegadocError("generate.engine_args: set generate.tensor_parallel_size instead of "
+                               "--tensor-parallel-size (it decides the engines per task)")
+        self.generate.engines(self.slurm.generate.gpus_per_node)
         self._check_trainer()
 
     def _check_trainer(self) -> None:
@@ -593,7 +622,9 @@ def _generate_steps(config: PipelineConfig, paths: Paths) -> list[Step]:
                    "--output", paths.generations(kind), "-G", str(g.generations(kind)),
                    "--max-tokens", str(g.max_tokens(kind)), "--num-shards", str(g.num_shards),
                    "--chunk-docs", str(g.chunk_docs), "--exclude-ids", str(paths.split / "validation_ids.txt"),
-                   "--seed", str(g.seed), *(["--model", g.model] if g.model else []), *map(str, g.engine_args)]
+                   "--seed", str(g.seed), *(["--model", g.model] if g.model else []),
+                   "--tensor-parallel-size", str(g.tensor_parallel_size),
+                   "--engines", str(g.engines(config.slurm.generate.gpus_per_node)), *map(str, g.engine_args)]
         steps.append(Step(f"generate-{kind}", [command], "generate", after=("split",), array=g.num_shards))
     return steps
 

@@ -3,9 +3,13 @@
 Each step of `megadoc.launch.pipeline.steps` becomes one sbatch script (rendered from templates/step.sbatch, meant
 to be read), with the resources of its kind (`slurm.cpu`, `.generate`, `.train`, `.eval` in the pipeline YAML):
 
-- generation steps are job arrays, one task per shard (`--array=0-(K-1)`); a task passes its
-  `--shard-index $SLURM_ARRAY_TASK_ID`, and `megadoc generate` resumes its shard's committed chunks, so a task that
-  is requeued (`--requeue`: preemption, node failure, `scontrol requeue`) finishes with nothing written twice;
+- generation steps are job arrays, one task per shard (`--array=0-(K-1)`, `%N` with `array_limit`); a task passes
+  its shard, `$SLURM_ARRAY_TASK_ID` plus the array job's `MEGADOC_SHARD_OFFSET`: an array longer than the cluster's
+  MaxArraySize goes as several array jobs (`array_parts`), each given its offset, and the steps after it wait for all
+  of them. `megadoc generate` resumes its shard's committed chunks, so a task that is requeued (`--requeue`:
+  preemption, node failure, `scontrol requeue`) finishes with nothing written twice;
+- with `requeue_before_timeout`, Slurm signals the job that long before its time limit (`--signal=B:USR1@N`); the
+  script stops its step and requeues the job, which resumes where the step had committed;
 - training and evaluation run `srun` once per node, each starting torchrun over the node's processes, with the
   rendezvous on the first node of the allocation;
 - with a `container_image` the step's commands run through pyxis (`srun --container-image/--container-mounts`).
@@ -34,14 +38,39 @@ def resources(config: PipelineConfig, step: Step) -> Resources:
     return getattr(config.slurm, step.resources)
 
 
-def array_spec(tasks: tuple[int, ...]) -> str:
-    """`--array` value for these task ids, ranges compressed: (0, 1, 2, 5) -> '0-2,5'."""
+SHARD_OFFSET = "MEGADOC_SHARD_OFFSET"
+"""Environment variable giving an array job the shard of its task 0 (several array jobs past MaxArraySize)."""
+DEFAULT_MAX_ARRAY_SIZE = 1001
+"""Slurm's default MaxArraySize, assumed by dry runs that do not set slurm.max_array_size."""
+
+
+def array_spec(tasks: tuple[int, ...], limit: int | None = None) -> str:
+    """`--array` value for these task ids, ranges compressed, with the %N throttle: (0, 1, 2, 5) -> '0-2,5'."""
     ranges, start = [], tasks[0]
     for previous, task in zip(tasks, tasks[1:] + (None,)):
         if task != previous + 1:
             ranges.append(f"{start}-{previous}" if previous > start else str(start))
             start = task
-    return ",".join(ranges)
+    return ",".join(ranges) + (f"%{limit}" if limit else "")
+
+
+def array_parts(shards: tuple[int, ...], max_array_size: int) -> list[tuple[int, tuple[int, ...]]]:
+    """The array jobs that run these shards: (offset, task ids), every task id below max_array_size."""
+    parts: dict[int, list[int]] = {}
+    for shard in shards:
+        offset = shard // max_array_size * max_array_size
+        parts.setdefault(offset, []).append(shard - offset)
+    return [(offset, tuple(tasks)) for offset, tasks in sorted(parts.items())]
+
+
+def cluster_max_array_size() -> int:
+    """MaxArraySize of the cluster `scontrol` talks to."""
+    result = slurm_command(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", result.stdout, re.MULTILINE)
+    if result.returncode or not match:
+        raise MegadocError(f"scontrol show config gave no MaxArraySize ({first_line(result.stderr or result.stdout)});"
+                           " set slurm.max_array_size")
+    return int(match.group(1))
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -101,7 +130,9 @@ def sbatch_options(config: PipelineConfig, step: Step, tasks: tuple[int, ...]) -
     if res.gpus_per_node > 0:
         options.append(f"--gpus-per-node={res.gpus_per_node}")
     if step.array:
-        options.append(f"--array={array_spec(tasks)}")
+        options.append(f"--array={array_spec(tasks, res.array_limit)}")
+    if res.requeue_before_timeout:
+        options.append(f"--signal=B:USR1@{res.requeue_before_timeout}")
     # Every stage resumes where it stopped, so a requeued job (preemption, node failure) is safe to run again; a
     # job whose dependency failed is cancelled instead of pending forever.
     options += ["--requeue", "--kill-on-invalid-dep=yes", *slurm.extra_sbatch]
@@ -125,9 +156,25 @@ def step_body(config: PipelineConfig, step: Step) -> str:
     else:
         launcher = [*(["srun", "--ntasks=1", *_container(res)] if res.container_image else []), res.python, "-m",
                     "megadoc"]
+    if step.array:
+        lines.append(f'shard="$((SLURM_ARRAY_TASK_ID + ${{{SHARD_OFFSET}:-0}}))"  # this task\'s generation shard')
+    run = []
+    if res.requeue_before_timeout:
+        lines += [f"# Slurm sends USR1 {res.requeue_before_timeout} s before the time limit: stop the step, requeue "
+                  "this job; it resumes from what the step committed.",
+                  "requeue() {",
+                  '    echo "megadoc: time limit near, requeueing $job"',
+                  '    kill -TERM "$child" 2>/dev/null; wait "$child" || true',
+                  '    scontrol requeue "$job"; exit 0',
+                  "}",
+                  'job="${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"',
+                  "trap requeue USR1",
+                  '# In the background, so that bash runs the trap at once (it waits for a foreground command first).',
+                  'run() { "$@" & child=$!; wait "$child"; }']
+        run = ["run"]
     for command in step.commands:
-        shard = ["--shard-index", '"$SLURM_ARRAY_TASK_ID"'] if step.array else []
-        lines.append(_wrap([*launcher, *_quote(command), *shard]))
+        shard = ["--shard-index", '"$shard"'] if step.array else []
+        lines.append(_wrap([*run, *launcher, *_quote(command), *shard]))
     return "\n".join(lines)
 
 
@@ -137,7 +184,7 @@ def done_lines(config: PipelineConfig, step: Step) -> str:
     if not step.array:
         return "\n".join([*lines, f'echo "slurm job $SLURM_JOB_ID" > {done}'])
     return "\n".join([
-        *lines, f'echo "slurm job ${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID" > {done}.task"$SLURM_ARRAY_TASK_ID"',
+        *lines, f'echo "slurm job ${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID" > {done}.task"$shard"',
         "# The last task to finish marks the whole step.",
         f"for task in $(seq 0 {step.array - 1}); do [ -e {done}.task\"$task\" ] || exit 0; done",
         f'echo "slurm array job $SLURM_ARRAY_JOB_ID" > {done}'])
@@ -158,13 +205,15 @@ def render(config: PipelineConfig, step: Step, tasks: tuple[int, ...], script: P
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match.group(1)], TEMPLATE.read_text())
 
 
-def write_script(config: PipelineConfig, pending: PendingStep, scripts_dir: Path, source: str) -> Path:
-    """The step's script, numbered by its place in the pipeline."""
+def write_script(config: PipelineConfig, pending: PendingStep, scripts_dir: Path, source: str,
+                 tasks: tuple[int, ...] | None = None) -> Path:
+    """The step's script, numbered by its place in the pipeline (`tasks`: its #SBATCH --array, when not the
+    pending shards themselves)."""
     scripts_dir.mkdir(parents=True, exist_ok=True)
     (paths(config).slurm / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create --output's folder
     script = scripts_dir / f"{pending.number:02d}-{pending.step.name}.sbatch"
     with atomic_write(script, "w") as handle:
-        handle.write(render(config, pending.step, pending.tasks, script, source))
+        handle.write(render(config, pending.step, tasks or pending.tasks, script, source))
     return script
 
 
@@ -183,10 +232,19 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
 
 
-def sbatch(script: Path, dependencies: list[str]) -> str:
+def sbatch_argv(script: Path, dependencies: list[str], part: tuple[int, tuple[int, ...]] | None = None,
+                limit: int | None = None) -> list[str]:
+    """The sbatch command line of a script (of one part of a split array: its tasks and shard offset)."""
+    argv = ["sbatch", "--parsable", *([f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else [])]
+    if part is not None:
+        offset, tasks = part
+        argv += [f"--array={array_spec(tasks, limit)}", f"--export=ALL,{SHARD_OFFSET}={offset}"]
+    return argv + [str(script)]
+
+
+def sbatch(argv: list[str]) -> str:
     """Submit one script; returns its job id (an array's id covers all its tasks)."""
-    argv = ["sbatch", "--parsable", *([f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []),
-            str(script)]
+    script = Path(argv[-1])
     result = slurm_command(argv)
     job_id = result.stdout.strip().split(";")[0]
     if result.returncode or not job_id.isdigit():

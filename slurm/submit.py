@@ -15,7 +15,8 @@ from megadoc.errors import MegadocError
 from megadoc.files import atomic_write
 from megadoc.launch.executor import PendingStep, paths, pending_steps
 from megadoc.launch.pipeline import PipelineConfig, Step, load_pipeline
-from megadoc.slurm.sbatch import first_line, sbatch, slurm_command, write_script
+from megadoc.slurm.sbatch import (DEFAULT_MAX_ARRAY_SIZE, array_parts, cluster_max_array_size, first_line, resources,
+                                  sbatch, sbatch_argv, slurm_command, write_script)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class Job:
     tasks: tuple[int, ...] = ()
     """Array tasks submitted (generation shards without a done marker); empty for a plain job."""
     job_id: str | None = None
-    """Slurm's id once submitted; None in a dry run."""
+    """Slurm's id once submitted (an array split past MaxArraySize: its array jobs' ids joined by ':'); None in a
+    dry run."""
 
 
 def is_training(step: Step) -> bool:
@@ -57,7 +59,7 @@ def check_queue(config: PipelineConfig) -> None:
     if result.returncode:
         raise MegadocError(f"squeue failed: {first_line(result.stderr)}")
     queued = set(result.stdout.split())
-    active = {step: job for step, job in previous.items() if job in queued}
+    active = {step: job for step, job in previous.items() if set(job.split(":")) & queued}
     if active:
         listing = ", ".join(f"{step} {job}" for step, job in active.items())
         raise MegadocError(f"jobs of an earlier submission are still queued ({listing}); wait for them or "
@@ -65,19 +67,29 @@ def check_queue(config: PipelineConfig) -> None:
 
 
 def _launch(config: PipelineConfig, pending: PendingStep, dependencies: list[str], executor: str,
-            scripts_dir: Path, source: str, dry_run: bool) -> tuple[str | None, Path, str]:
-    """Submit one step, or in a dry run only write it: (its Slurm id, its script, what to print)."""
+            scripts_dir: Path, source: str, dry_run: bool, max_array_size: int) -> tuple[str | None, Path, str]:
+    """Submit one step, or in a dry run only write it: (its Slurm id, its script, what to print). An array longer
+    than max_array_size goes as several array jobs of the same script, each told its first shard."""
     if executor == "nemo-run" and is_training(pending.step):
         from megadoc.slurm.nemo_run import nemo_run_training
 
         job_id, script = nemo_run_training(config, pending.step, dependencies, dry_run=dry_run)
         return job_id, script, f"nemo-run {script}" if dry_run else f"job {job_id} (nemo-run {script})"
-    script = write_script(config, pending, scripts_dir, source)
+    parts = array_parts(pending.tasks, max_array_size) if pending.step.array else [(0, ())]
+    script = write_script(config, pending, scripts_dir, source, parts[0][1])
+    limit = resources(config, pending.step).array_limit
+    argvs = [sbatch_argv(script, dependencies, part if len(parts) > 1 else None, limit) for part in parts]
     if dry_run:
-        flags = [f"--dependency=afterok:{':'.join(dependencies)}"] if dependencies else []
-        return None, script, " ".join(["sbatch", "--parsable", *flags, str(script)])
-    job_id = sbatch(script, dependencies)
-    return job_id, script, f"job {job_id}"
+        return None, script, " ; ".join(" ".join(argv) for argv in argvs)
+    ids: list[str] = []
+    try:
+        for argv in argvs:
+            ids.append(sbatch(argv))
+    except MegadocError:
+        if ids:
+            slurm_command(["scancel", *ids])
+        raise
+    return ":".join(ids), script, f"job {', '.join(ids)}" if len(ids) > 1 else f"job {ids[0]}"
 
 
 def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: bool = False, executor: str = "sbatch",
@@ -89,6 +101,9 @@ def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: boo
     if not dry_run:
         check_queue(config)
     scripts_dir = Path(scripts_dir) if scripts_dir else paths(config).slurm / "scripts"
+    max_array_size = config.slurm.max_array_size
+    if max_array_size is None:
+        max_array_size = DEFAULT_MAX_ARRAY_SIZE if dry_run else None
     ids: dict[str, str] = {}
     submitted: list[Job] = []
     try:
@@ -96,13 +111,16 @@ def submit(config: PipelineConfig, scripts_dir: Path | None = None, dry_run: boo
             step = pending.step
             after = [a for a in step.after if a in ids]  # steps done earlier or left out need no waiting
             dependencies = [f"<{a}>" for a in after] if dry_run else [ids[a] for a in after]
-            job_id, script, what = _launch(config, pending, dependencies, executor, scripts_dir, source, dry_run)
+            if step.array and max_array_size is None:
+                max_array_size = cluster_max_array_size()
+            job_id, script, what = _launch(config, pending, dependencies, executor, scripts_dir, source, dry_run,
+                                           max_array_size or DEFAULT_MAX_ARRAY_SIZE)
             ids[step.name] = job_id or f"<{step.name}>"
             submitted.append(Job(step, script, pending.tasks, job_id))
             log(f"[{step.name}] {what}")
     except MegadocError as error:
         if not dry_run and submitted:
-            slurm_command(["scancel", *(job.job_id for job in submitted)])
+            slurm_command(["scancel", *(i for job in submitted for i in job.job_id.split(":"))])
             raise MegadocError(f"{error} (cancelled the {len(submitted)} job(s) submitted before it)") from None
         raise
     if not dry_run and submitted:

@@ -13,8 +13,9 @@ FULL = {
     "tokenizer": {"model": "tok/llama3", "type": "HuggingFaceTokenizer", "eod_id": 128002,
                   "hf_include_special_tokens": True},
     "split": {"iid_docs": 3, "long_docs": 2, "long_min_tokens": 100},
-    "generate": {"rephrases": 8, "rationales": 4, "num_shards": 3, "model": "/models/llama-8b", "engine_args":
-                 ["--tensor-parallel-size", "2", "--engine-arg", "max_num_seqs=64"]},
+    "generate": {"rephrases": 8, "rationales": 4, "num_shards": 3, "model": "/models/llama-8b",
+                 "tensor_parallel_size": 2, "engine_args": ["--engine-arg", "max_num_seqs=64"]},
+    "slurm": {"generate": {"gpus_per_node": 8}},
     "train": {"recipe": "300m", "base_steps": 7, "save_interval": 5, "tensor_model_parallel_size": 2,
               "nproc_per_node": 2},
 }
@@ -44,6 +45,7 @@ def test_every_command_line_parses_under_its_stages_parser(tmp_path):
     generate = parsed["generate-rationale"]
     assert (generate.generations, generate.num_shards, generate.tensor_parallel_size, generate.model) == \
         (4, 3, 2, "/models/llama-8b")
+    assert generate.engines == 4  # every GPU of the node busy: 8 GPUs / 2 per engine
     train = parsed["train-stitched"]
     assert (train.real_epochs, train.synthetic_fraction, train.generations, train.base_steps, train.method) == \
         (8, 0.75, 8, 7, "stitched")
@@ -68,6 +70,10 @@ def test_overrides_and_relative_paths(tmp_path):
     ({"train": {"nproc_per_node": True}}, "train.nproc_per_node: expected int, got bool"),
     ({"tokenizer": {"modle": "x"}}, "unknown key(s) modle"),
     ({"methods": ["simple", "nope"]}, "nope not in"),
+    ({"generate": {"tensor_parallel_size": 3}}, "gpus_per_node 8 is not a multiple of generate.tensor_parallel_size 3"),
+    ({"generate": {"engine_args": ["--tensor-parallel-size", "2"]}}, "set generate.tensor_parallel_size instead"),
+    ({"slurm": {"generate": {"array_limit": 0}}}, "slurm.generate.array_limit: 0 must be >= 1"),
+    ({"slurm": {"max_array_size": 0}}, "slurm.max_array_size: 0 must be >= 1"),
 ])
 def test_bad_values_fail_in_one_line(tmp_path, change, words):
     with pytest.raises(MegadocError, match=words.replace("(", r"\(").replace(")", r"\)")):

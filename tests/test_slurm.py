@@ -2,9 +2,10 @@
 
 - the dry-run scripts hold the configured resources, arrays, containers and dependencies (no Slurm needed);
 - a small pipeline (16 real DCLM documents, SmolLM2 rephrases, the tiny recipe) goes through real sbatch end to end:
-  a 2-task generation array, dependencies, training under srun + torchrun, evaluation and the report; while shard 0
-  is generating, its array task is requeued (killed and started again), and the shard finishes from its committed
-  chunks with every document's generations present exactly once;
+  2 generation shards as two array jobs (a split past max_array_size), dependencies, training under srun + torchrun,
+  evaluation and the report; while the shards are generating, shard 0's task is requeued (as a preemption does)
+  and shard 1's gets USR1 (as `--signal` sends before the time limit: it requeues itself), and both finish from
+  their committed chunks with every document's generations present exactly once;
 - nemo-run's SlurmExecutor writes a training sbatch with the same resources (in the Python 3.12 environment);
 - with train.backend: bridge, training runs Megatron-Bridge's pretrain and evaluation reads its checkpoint, each in
   the environment its slurm section names (the Python 3.12 one plays the NeMo container), and the report lists it.
@@ -135,7 +136,8 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
     assert "--output=" + str(tmp_path / "work" / "slurm" / "logs") + "/%x-%A_%a.out" in sbatch_options(generate)
     flat = generate.replace(" \\\n    ", " ")
     assert "python3 -m megadoc generate rephrase" in flat and "--num-shards 2" in flat
-    assert '--shard-index "$SLURM_ARRAY_TASK_ID"' in flat
+    assert "--tensor-parallel-size 1 --engines 8" in flat  # every GPU of the node busy: one engine per GPU
+    assert 'shard="$((SLURM_ARRAY_TASK_ID + ${MEGADOC_SHARD_OFFSET:-0}))"' in flat and '--shard-index "$shard"' in flat
     assert 'for task in $(seq 0 1); do [ -e' in generate  # the last task marks the step
 
     # GPUs for training: Megatron-Bridge's pretrain with the megadoc recipe, on every node under torchrun.
@@ -168,6 +170,28 @@ def test_dry_run_scripts_hold_the_resources(tmp_path, capsys):
     assert f"-m megadoc eval --load {work}/runs/real " in evaluate.replace(" \\\n    ", " ")
 
 
+def test_dry_run_arrays_at_cluster_scale(tmp_path, capsys):
+    """A throttle, a split past MaxArraySize (the steps after wait for every part) and requeue before the limit."""
+    generate = {"gpus_per_node": 4, "array_limit": 2, "requeue_before_timeout": 300, "time": "01:00:00"}
+    path = write_pipeline(tmp_path, {"max_array_size": 2, "generate": generate},
+                          generate={"rephrases": 2, "rationales": None, "num_shards": 5, "tensor_parallel_size": 2})
+    assert cli_main(["submit", str(path), "--dry-run"]) == 0
+    lines = {line.split("]")[0][1:]: line for line in capsys.readouterr().out.splitlines() if line.startswith("[")}
+    script = next((tmp_path / "work" / "slurm" / "scripts").glob("*-generate-rephrase.sbatch"))
+    parts = lines["generate-rephrase"].split("] ", 1)[1].split(" ; ")
+    assert parts == [f"sbatch --parsable --dependency=afterok:<split> --array={tasks} "
+                     f"--export=ALL,MEGADOC_SHARD_OFFSET={offset} {script}"
+                     for offset, tasks in ((0, "0-1%2"), (2, "0-1%2"), (4, "0%2"))]
+    assert "--dependency=afterok:<generate-rephrase> " in lines["assemble-stitched"]
+    text = script.read_text()
+    options = sbatch_options(text)
+    assert "--array=0-1%2" in options and "--signal=B:USR1@300" in options and "--requeue" in options
+    assert "--tensor-parallel-size 2 --engines 2" in text.replace(" \\\n    ", " ")
+    assert "trap requeue USR1" in text and 'scontrol requeue "$job"' in text
+    assert ' > ' in text and '.task"$shard"' in text  # the done marker names the shard, not the task id
+    assert "--signal" not in " ".join(sbatch_options((script.parent / "01-split.sbatch").read_text()))
+
+
 def test_dry_run_without_gpus_or_container(tmp_path, capsys):
     path = write_pipeline(tmp_path, every_kind(time="00:10:00"))
     assert cli_main(["submit", str(path), "--dry-run", "--scripts-dir", str(tmp_path / "s"),
@@ -179,7 +203,7 @@ def test_dry_run_without_gpus_or_container(tmp_path, capsys):
     options = sbatch_options(generate)
     assert not any(o.startswith(("--gpus", "--partition", "--account", "--qos", "--mem")) for o in options)
     assert "srun" not in generate and "container" not in generate
-    assert "\npython -m megadoc generate rephrase" in generate
+    assert "\npython -m megadoc generate rephrase" in generate and "--engines 1" in generate
 
 
 def test_resubmission_skips_finished_steps_and_shards(tmp_path, capsys):
@@ -270,12 +294,17 @@ def manifest(work: Path, shard: int) -> dict | None:
 
 @pytest.fixture(scope="module")
 def pipeline_run(slurm, tmp_path_factory):
-    """The whole small pipeline through sbatch, with generation shard 0 requeued after its first committed chunk."""
+    """The whole small pipeline through sbatch. Its two generation shards go as two array jobs (max_array_size 1,
+    as past a cluster's MaxArraySize); once a shard has committed a chunk, shard 0 is requeued (`scontrol requeue`,
+    as a preemption does) and shard 1 gets USR1 (what `--signal` sends before the time limit: it requeues itself)."""
     folder = tmp_path_factory.mktemp("pipeline")
     setup = [f"source {VENV}/activate", "export VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING",
-             # Jobs run side by side on few cores: one thread each, and the two generation tasks on different cores.
-             "export OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=$(( ${SLURM_ARRAY_TASK_ID:-0} % $(nproc) ))"]
-    path = write_pipeline(folder, every_kind(cpus_per_task=1, time="00:20:00", setup=setup))
+             # Jobs run side by side on few cores: one thread each, and the two generation shards on different cores.
+             "export OMP_NUM_THREADS=1 "
+             "VLLM_CPU_OMP_THREADS_BIND=$(( (${SLURM_ARRAY_TASK_ID:-0} + ${MEGADOC_SHARD_OFFSET:-0}) % $(nproc) ))"]
+    resources = every_kind(cpus_per_task=1, time="00:20:00", setup=setup)
+    resources["generate"].update(array_limit=1, requeue_before_timeout=60)
+    path = write_pipeline(folder, {**resources, "max_array_size": 1})
     config = load_pipeline(path)
     work = Path(config.work_dir)
     start = time.perf_counter()
@@ -283,24 +312,29 @@ def pipeline_run(slurm, tmp_path_factory):
     with pytest.raises(MegadocError, match="still queued"):  # a second submission would run steps twice
         submit(config, log=lambda line: None)
 
-    generate = jobs["generate-rephrase"]
-    requeued = None
+    parts = jobs["generate-rephrase"].split(":")
+    interrupted: dict[int, dict] = {}
     deadline = time.monotonic() + 600
-    while queued(jobs.values()) and time.monotonic() < deadline:
-        shard = manifest(work, 0)
-        if requeued is None and shard and shard["chunks"] and not shard["complete"]:
-            committed = {c["file"]: (work / "generations/rephrase/shard-00000-of-00002" / c["file"]).read_bytes()
-                         for c in shard["chunks"]}
-            _sh("scontrol", "requeue", f"{generate}_0")
-            requeued = committed
+    while queued(all_ids(jobs)) and time.monotonic() < deadline:
+        for shard, interrupt in ((0, ["scontrol", "requeue"]), (1, ["scancel", "--signal=USR1", "--batch"])):
+            state = manifest(work, shard)
+            if shard not in interrupted and state and state["chunks"] and not state["complete"]:
+                folder = work / "generations" / "rephrase" / f"shard-{shard:05d}-of-00002"
+                interrupted[shard] = {c["file"]: (folder / c["file"]).read_bytes() for c in state["chunks"]}
+                _sh(*interrupt, f"{parts[shard]}_0")
         time.sleep(0.2)
     elapsed = time.perf_counter() - start
-    left = queued(jobs.values())
+    left = queued(all_ids(jobs))
     if left:
         _sh("scancel", *left, check=False)
     assert not left, f"jobs {left} still queued after 600 s\n{logs(work)}"
     print(f"\npipeline through Slurm: {elapsed:.0f} s")
-    return config, work, jobs, requeued
+    return config, work, jobs, interrupted
+
+
+def all_ids(jobs: dict[str, str]) -> list[str]:
+    """Every Slurm job id of a submission (a split array holds several)."""
+    return [i for ids in jobs.values() for i in ids.split(":")]
 
 
 def test_sbatch_refusal_cancels_the_jobs_before_it(slurm, tmp_path, capsys):
@@ -325,11 +359,12 @@ def test_pipeline_runs_end_to_end_through_sbatch(pipeline_run):
     names = [step.name for step in steps(config)]
     assert list(jobs) == names
     assert json.loads((work / "slurm" / "jobs.json").read_text()) == jobs
-    records = {name: job_records(job_id) for name, job_id in jobs.items()}
+    records = {name: [r for i in ids.split(":") for r in job_records(i)] for name, ids in jobs.items()}
     failed = {name: [r["JobState"] for r in recs] for name, recs in records.items()
               if any(r["JobState"] != "COMPLETED" for r in recs)}
     assert not failed, f"{failed}\n{logs(work)}"
     assert len(records["generate-rephrase"]) == 2  # one task per shard
+    assert len(jobs["generate-rephrase"].split(":")) == 2  # two array jobs: max_array_size 1
 
     # Dependencies held: no step started before every step it waits for had ended.
     for step in steps(config):
@@ -355,14 +390,18 @@ def test_pipeline_runs_end_to_end_through_sbatch(pipeline_run):
 
 
 def test_requeued_generation_task_finishes_without_duplicates(pipeline_run):
-    config, work, jobs, committed = pipeline_run
-    assert committed, "shard 0 finished before it could be requeued"
-    task0 = {r["ArrayTaskId"]: r for r in job_records(jobs["generate-rephrase"])}["0"]
-    assert task0["Restarts"] == "1" and task0["JobState"] == "COMPLETED"
-    directory = work / "generations" / "rephrase" / "shard-00000-of-00002"
-    for name, content in committed.items():  # resumed from its committed chunks, not redone
-        assert (directory / name).read_bytes() == content
+    config, work, jobs, interrupted = pipeline_run
+    assert sorted(interrupted) == [0, 1], "a shard finished before it could be requeued"
+    for shard, part in enumerate(jobs["generate-rephrase"].split(":")):
+        (task,) = job_records(part)
+        assert task["Restarts"] == "1" and task["JobState"] == "COMPLETED", (shard, task)
+        directory = work / "generations" / "rephrase" / f"shard-{shard:05d}-of-00002"
+        for name, content in interrupted[shard].items():  # resumed from its committed chunks, not redone
+            assert (directory / name).read_bytes() == content
     assert manifest(work, 0)["complete"] and manifest(work, 1)["complete"]
+    shard1_log = "".join(p.read_text(errors="replace") for p in (work / "slurm" / "logs").glob("*generate*.out")
+                         if f"{jobs['generate-rephrase'].split(':')[1]}_0" in p.name)
+    assert "time limit near, requeueing" in shard1_log  # shard 1 went through the USR1 trap
 
     rows = list(iter_rows(str(work / "generations" / "rephrase")))
     pairs = Counter((row["doc_id"], row["index"]) for row in rows)
