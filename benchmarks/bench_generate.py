@@ -3,7 +3,7 @@
 One process, one vLLM engine (megadoc's `Engine`, whose `LLM` both sides call), the same documents, prompts and
 sampling parameters:
   1. per kind (rephrase, rationale): megadoc's real path, `run_generate` (corpus reading, chat rendering and the
-     context policy, `generate_chunks`, post-processing, Parquet chunks and manifest written to a temp dir) vs bare
+     context policy, the backend's chunk loop, post-processing, Parquet chunks and manifest written to a temp dir) vs bare
      `LLM.generate` on the same prompt token ids, rendered beforehand outside the timing; for rephrases also bare
      `LLM.chat` on the same messages (templating inside its timing, as a plain vLLM script would do it).
      Output tokens/s of each. Target: megadoc >= 95% of bare `LLM.generate`.
@@ -12,6 +12,13 @@ sampling parameters:
      computed, read from its own counters (prompt tokens minus prefix-cache hits; stats logging is on for that).
      vLLM v1 fans n=G out into G requests inside the engine, so "prefilled once" rests on prefix caching, which
      megadoc turns on: expect both to compute the same prompt tokens.
+  3. rationale, bare vLLM: the prefix-cache hit rate of a document's G requests (the share of prompt tokens
+     served from the cache; each request holds the document's opening tokens before its split point).
+  4. engines: `megadoc generate rephrase` as a user runs it (a fresh process, engine processes of its own) with
+     `--engines 2` on one core each vs `--engines 1` on both cores (`VLLM_CPU_OMP_THREADS_BIND`), on the same
+     documents: start-up, generation seconds and output tokens/s from the shard's manifest. Samples stop at EOS
+     there (the command line has no ignore_eos), so compare tokens/s, not seconds. On a 2-core box this shows that
+     the code path scales out, not that the box does; on a GPU node the same flags put one engine on each GPU.
 
 Same work on both sides: every sample generates exactly --max-tokens tokens (`ignore_eos=True`, added to
 megadoc's SamplingParams for the benchmark only); --natural-eos lets samples stop at EOS instead, and tokens/s
@@ -56,17 +63,11 @@ def write_corpus(source: str, docs: int, out: Path):
 
 
 def patch_ignore_eos() -> None:
-    """Make megadoc's SamplingParams ignore EOS (benchmark only), so it samples exactly max_tokens per sample."""
-    import megadoc.preprocess.generate.run as generate
+    """Make megadoc's sampling ignore EOS (benchmark only), so it samples exactly max_tokens per sample."""
+    from megadoc.preprocess.generate.run import GenerateConfig
 
-    original = generate.sampling_params
-
-    def sampling_params(cfg, n):
-        params = original(cfg, n)
-        params.ignore_eos = True  # read by the engine when the request is processed, not at construction
-        return params
-
-    generate.sampling_params = sampling_params
+    original = GenerateConfig.sampling
+    GenerateConfig.sampling = lambda self: replace(original(self), ignore_eos=True)
 
 
 def timed(llm, run) -> tuple[float, object]:
@@ -134,13 +135,12 @@ def rounds(names: list[str], repeats: int):
 
 def compare_kind(engine, kind: str, args, corpus: Path, docs, tmp: Path) -> list[dict]:
     """megadoc vs bare LLM.generate (and LLM.chat for rephrases) on one kind; one row per side."""
-    import megadoc.preprocess.generate.run as generate
     from megadoc.preprocess.generate.run import GenerateConfig
 
     base = GenerateConfig(kind=kind, inputs=[str(corpus)], output="", g=args.G, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, chunk_docs=args.chunk_docs)
     template, requests = requests_of(engine, base, docs)
-    params = generate.sampling_params(base, args.G if kind == "rephrase" else 1)
+    params = base.sampling().vllm()
     prompts = [{"prompt_token_ids": r.prompt_ids} for r in requests]
     messages = [template.messages(text=doc.text) for doc in docs]
     sides = {"bare LLM.generate": lambda: engine.llm.generate(prompts, params, use_tqdm=False)}
@@ -150,7 +150,7 @@ def compare_kind(engine, kind: str, args, corpus: Path, docs, tmp: Path) -> list
     # Untimed: megadoc's first run imports its writers, the engine meets these prompt shapes, vLLM compiles the
     # chat template.
     megadoc_run(engine, replace(base, max_tokens=min(8, args.max_tokens), output=str(tmp / f"{kind}-warm-up")))
-    engine.llm.chat(messages[:1], generate.sampling_params(replace(base, max_tokens=1), 1), use_tqdm=False)
+    engine.llm.chat(messages[:1], replace(base.sampling(), n=1, max_tokens=1).vllm(), use_tqdm=False)
     rows = {name: {"kind": kind, "run": name, "tokens": [], "seconds": [], "outside_generate": []}
             for name in sides}
     for run, name in enumerate(rounds(list(sides), args.repeats)):
@@ -181,16 +181,15 @@ def prompt_counters(llm) -> tuple[float, float]:
 
 def compare_n(engine, args, docs) -> list[dict]:
     """Bare vLLM rephrases: one n=G request per document vs G separate n=1 requests."""
-    import megadoc.preprocess.generate.run as generate
     from megadoc.preprocess.generate.run import GenerateConfig
 
     cfg = GenerateConfig(kind="rephrase", inputs=[], output="", g=args.G, max_tokens=args.max_tokens,
                          temperature=args.temperature, top_p=args.top_p)
     _, requests = requests_of(engine, cfg, docs)
     sends = {f"n={args.G}": ([{"prompt_token_ids": r.prompt_ids} for r in requests],
-                             generate.sampling_params(cfg, args.G)),
+                             cfg.sampling().vllm()),
              f"{args.G} x n=1": ([{"prompt_token_ids": r.prompt_ids} for r in requests for _ in range(args.G)],
-                                 generate.sampling_params(cfg, 1))}
+                                 replace(cfg.sampling(), n=1).vllm())}
     rows = {name: {"run": name, "requests": len(sent[0]), "tokens": [], "seconds": [], "served": 0, "computed": 0}
             for name, sent in sends.items()}
     for name in rounds(list(sends), args.repeats):
@@ -210,11 +209,50 @@ def compare_n(engine, args, docs) -> list[dict]:
     return list(rows.values())
 
 
+def rationale_prefix_hits(engine, args, docs) -> dict:
+    """Bare vLLM, rationale requests (one token each: the prefill is what the cache saves), on an empty cache."""
+    from megadoc.preprocess.generate.run import GenerateConfig
+
+    cfg = GenerateConfig(kind="rationale", inputs=[], output="", g=args.G, max_tokens=args.max_tokens)
+    _, requests = requests_of(engine, cfg, docs)
+    before = prompt_counters(engine.llm)
+    timed(engine.llm, lambda: engine.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests],
+                                                  replace(cfg.sampling(), max_tokens=1).vllm(), use_tqdm=False))
+    served, hits = (after - was for after, was in zip(prompt_counters(engine.llm), before))
+    return {"requests": len(requests), "served": int(served), "hits": int(hits)}
+
+
+def compare_engines(args, model: str, corpus: Path, tmp: Path) -> list[dict]:
+    """`megadoc generate rephrase --engines 2` (a core each) vs `--engines 1` (both cores), fresh processes."""
+    import subprocess
+
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))
+    rows = []
+    for engines in (2, 1):
+        out = tmp / f"engines-{engines}"
+        command = [sys.executable, "-m", "megadoc", "generate", "rephrase", "--input", str(corpus), "--output",
+                   str(out), "--model", model, "-G", str(args.G), "--max-tokens", str(args.max_tokens),
+                   "--chunk-docs", str(max(args.docs // 8, 1)), "--engines", str(engines)]
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        if result.returncode:
+            sys.exit(f"megadoc generate --engines {engines} failed:\n{result.stderr[-3000:]}")
+        manifest = json.loads((out / "shard-00000-of-00001" / "manifest.json").read_text())
+        run = manifest["runs"][-1]
+        rows.append({"engines": engines, "cores_each": 2 // engines, "wall": wall, **run})
+        log(f"--engines {engines}: {run['completion_tokens']} tokens in {run['seconds']:.1f} s after a "
+            f"{run['startup_seconds']:.0f} s start-up ({wall:.0f} s wall)")
+    return rows
+
+
 def _worst(row: dict) -> str:
     return f"({row['tok_s_worst']:.1f})"
 
 
-def print_report(info: str, kind_rows: list[dict], n_rows: list[dict]) -> None:
+def print_report(info: str, kind_rows: list[dict], n_rows: list[dict], hits: dict | None,
+                 engine_rows: list[dict]) -> None:
     print(f"\n{info}")
     print("\n1. megadoc generate vs bare vLLM, same engine and prompts (target: megadoc >= 95% of bare "
           "LLM.generate); tokens/s of the best run, worst in brackets")
@@ -225,8 +263,26 @@ def print_report(info: str, kind_rows: list[dict], n_rows: list[dict]) -> None:
         note = f"  {min(outside):.2f}-{max(outside):.2f} s per run" if outside else row.get("note", "")
         print(f"   {row['kind']:<10} {row['run']:<18} {row['tokens'][0]:>13,} {min(row['seconds']):>7.2f} "
               f"{row['tok_s']:>9.1f} {_worst(row):>9} {row['ratio']:>8.1%}{note}")
-    if not n_rows:
-        return
+    if n_rows:
+        print_n(n_rows)
+    if hits:
+        print(f"\n3. rationale prefix cache: {hits['hits']:,} of {hits['served']:,} prompt tokens served from the "
+              f"cache ({hits['hits'] / max(hits['served'], 1):.1%}) over {hits['requests']} requests")
+    if engine_rows:
+        print("\n4. megadoc generate rephrase, fresh processes: engines x cores (samples stop at EOS)")
+        print(f"   {'engines':>7} {'cores each':>10} {'start-up s':>10} {'generation s':>12} {'output tokens':>13} "
+              f"{'tokens/s':>9} {'docs/s':>7} {'wall s':>7}")
+        for row in engine_rows:
+            print(f"   {row['engines']:>7} {row['cores_each']:>10} {row['startup_seconds']:>10.0f} "
+                  f"{row['seconds']:>12.1f} {row['completion_tokens']:>13,} "
+                  f"{row['completion_tokens'] / row['seconds']:>9.1f} {row['docs'] / row['seconds']:>7.2f} "
+                  f"{row['wall']:>7.0f}")
+        two, one = engine_rows
+        print(f"   2 engines / 1 engine: output tokens/s "
+              f"{(two['completion_tokens'] / two['seconds']) / (one['completion_tokens'] / one['seconds']):.2f}x")
+
+
+def print_n(n_rows: list[dict]) -> None:
     print("\n2. rephrase, bare vLLM: n=G sampling vs G separate n=1 requests (same prompts)")
     print(f"   {'run':<10} {'requests':>8} {'output tokens':>13} {'best s':>7} {'tokens/s':>9} {'(worst)':>9} "
           f"{'prompt tok served/s':>19} {'prompt tokens computed':>22}")
@@ -252,6 +308,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-docs", type=int, default=64, help="megadoc's documents per committed chunk")
     parser.add_argument("--kinds", nargs="+", choices=("rephrase", "rationale"), default=["rephrase", "rationale"])
     parser.add_argument("--no-n-comparison", action="store_true", help="skip n=G vs G separate requests")
+    parser.add_argument("--no-engines-comparison", action="store_true", help="skip --engines 2 vs --engines 1")
     parser.add_argument("--natural-eos", action="store_true", help="let samples stop at EOS (no ignore_eos)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, in rounds (default 2)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -276,15 +333,19 @@ def main(argv=None) -> int:
         kind_rows = [row for kind in args.kinds for row in compare_kind(engine, kind, args, tmp / "corpus.jsonl",
                                                                         docs, tmp)]
         n_rows = [] if args.no_n_comparison or args.G < 2 else compare_n(engine, args, docs)
+        hits = rationale_prefix_hits(engine, args, docs) if "rationale" in args.kinds else None
+        del engine  # its memory back before the engines' processes start
+        engine_rows = [] if args.no_engines_comparison else compare_engines(args, model, tmp / "corpus.jsonl", tmp)
     info = (f"{Path(model).name} on vllm {vllm.__version__}; {len(docs)} documents of {Path(args.input).name}, "
             f"G={args.G}, max_tokens {args.max_tokens} "
             f"({'stop at EOS' if args.natural_eos else 'ignore_eos: every sample is max_tokens long'}), "
             f"temperature {args.temperature}, top_p {args.top_p}, {args.repeats} repeat(s); engine start-up "
             f"{startup:.0f} s (not timed below)")
-    print_report(info, kind_rows, n_rows)
+    print_report(info, kind_rows, n_rows, hits, engine_rows)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"info": info, "kinds": kind_rows, "n_vs_separate": n_rows}, handle, indent=2)
+            json.dump({"info": info, "kinds": kind_rows, "n_vs_separate": n_rows, "rationale_prefix_cache": hits,
+                       "engines": engine_rows}, handle, indent=2)
     return 0
 
 
