@@ -122,6 +122,8 @@ def _cmd_estimate(args) -> int:
         raise MegadocError("estimate measures engines of our own (GPU-hours); leave out --endpoint")
     if args.sample_docs < 1 or (args.gpus is not None and args.gpus < 1):
         raise MegadocError("--sample-docs and --gpus must be >= 1")
+    if not args.verbose:  # the sample's engine runs in this process: keep its INFO and WARNING lines off the report
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     config = generate_config_from_args(args)
     engine_config = engine_config_from_args(args)
     spec = spec_from_args(args)
