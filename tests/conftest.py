@@ -53,6 +53,26 @@ def write_prefix():
 
 
 @pytest.fixture(scope="session")
+def wait_for_chunks():
+    """wait_for_chunks(process, output, chunks=2, timeout=180): block until `process` (a running megadoc generate)
+    has committed `chunks` chunks of its one shard under `output`, and assert it is still running then (so a test
+    can kill it mid-run)."""
+    def wait(process, output: Path, chunks: int = 2, timeout: float = 180) -> None:
+        import json
+        import time
+
+        manifest = Path(output) / "shard-00000-of-00001" / "manifest.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= chunks:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+
+    return wait
+
+
+@pytest.fixture(scope="session")
 def write_generations():
     """Writes hand-made generation rows as one committed shard (Parquet chunk + manifest), through the shard
     format's own writer; missing columns are null. Returns the generation directory."""

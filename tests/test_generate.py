@@ -201,7 +201,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_kill_9_leaves_no_engine_and_the_rerun_completes_without_duplicates(tmp_path, tiny_model):
+def test_kill_9_leaves_no_engine_and_the_rerun_completes_without_duplicates(tmp_path, tiny_model, wait_for_chunks):
     out = tmp_path / "gen"
     command = [sys.executable, "-m", "megadoc.cli", "generate", "rephrase", "--input", str(SAMPLE40), "--output",
                str(out), "--model", tiny_model, "-G", "2", "--max-tokens", "64", "--chunk-docs", "2",
@@ -210,12 +210,7 @@ def test_kill_9_leaves_no_engine_and_the_rerun_completes_without_duplicates(tmp_
     # vLLM's own engine-core process too, as on a cluster: the engine process and its child must both go.
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
+    wait_for_chunks(process, out)
     engines = _descendants(process.pid)
     assert len(engines) >= 2, engines  # the engine process and vLLM's engine core (at least)
     os.kill(process.pid, signal.SIGKILL)

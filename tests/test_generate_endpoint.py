@@ -86,17 +86,12 @@ def _generate(server, out: Path, *flags: str, key: str | None = KEY) -> subproce
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_server_killed_and_restarted_mid_run(server, tmp_path):
+def test_server_killed_and_restarted_mid_run(server, tmp_path, wait_for_chunks):
     out = tmp_path / "out"
     run = _generate(server, out, "--max-tokens", "48", "--chunk-docs", "2", "--max-concurrency", "1",
                     "--max-retries", "20")
     manifest = out / "shard-00000-of-00001" / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and run.poll() is None:
-        if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
-            break
-        time.sleep(0.05)
-    assert run.poll() is None, "the run ended before the server could be killed"
+    wait_for_chunks(run, out, timeout=120)
     server.kill()
     time.sleep(1)
     server.start()
