@@ -25,7 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "blend": ("megadoc_data.plan", "plan the real/synthetic mix: steps, epochs, Megatron-LM flags"),
     "train": ("megadoc.training.cli", "train a recipe with Megatron-Core (CPU or GPU; torchrun for TP/PP)"),
     "pretrain": ("megadoc.training.bridge", "train a recipe with Megatron-Bridge's pretrain (NeMo, GPU clusters)"),
-    "eval": ("megadoc.evaluation.evaluate", "i.i.d. loss and loss by token position of a checkpoint"),
+    "eval": ("megadoc.evaluation.evaluate", "losses, loss by position and lm-eval tasks of a checkpoint or an ensemble"),
     "export": ("megadoc.training.export", "a checkpoint as a Llama-format Hugging Face model (vLLM, lm-eval)"),
     "efficiency": ("megadoc.analysis.efficiency", "power-law fits, data efficiency, convex-tuning certificate"),
     "report": ("megadoc.analysis.report", "figures and tables from the runs registry"),
